@@ -1,0 +1,333 @@
+"""The best-vs-baseline report: one self-contained HTML page and a Markdown summary.
+
+The HTML embeds plotly.js and every image, so it opens with no network.  It
+states the settings that make the comparison fair next to the verdict.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from optuna.trial import TrialState
+from PIL import Image
+from plotly.subplots import make_subplots
+
+from lenet_hpo.checkpoint import load_checkpoint
+from lenet_hpo.data import Dataset, scale_input
+from lenet_hpo.retrain import load_summary, spec_of
+from lenet_hpo.search import get_study, load_spec_data
+from lenet_hpo.space import check_name
+from lenet_hpo.train import predict_logits
+
+REPORTS_DIR = Path("reports")
+COLORS = {"best": "#1f77b4", "baseline": "#d62728", "classic": "#2ca02c"}
+GALLERY = 32
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    markdown: Path
+    gallery_png: Path
+    verdict: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.__dict__.items()}
+
+
+def latency_ms(model: torch.nn.Module, channels: int, repeats: int = 200) -> float:
+    """Median wall time of one single-image forward pass on the CPU, one thread."""
+    model = model.cpu().eval()
+    x = torch.zeros(1, channels, 32, 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for _ in range(20):
+                model(x)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * statistics.median(times)
+
+
+def _png_b64(img: np.ndarray, scale: int = 3) -> str:
+    im = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _as_image(x: torch.Tensor) -> np.ndarray:
+    """uint8 (C, 32, 32) -> HxW or HxWx3 array."""
+    a = x.numpy()
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def _mistakes(model: torch.nn.Module, data: Dataset, input_norm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = scale_input(data.test.x, input_norm, data.mean, data.std)
+    probs = torch.softmax(predict_logits(model.cpu(), x).float(), dim=1)
+    return probs.argmax(1), probs.max(1).values, data.test.y
+
+
+def _confusion(pred: torch.Tensor, true: torch.Tensor, k: int) -> np.ndarray:
+    return torch.bincount(true * k + pred, minlength=k * k).reshape(k, k).numpy()
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def comparison_table(summary: dict[str, Any], roles: list[str], latency: dict[str, float]) -> pd.DataFrame:
+    rows = []
+    for role in roles:
+        b = summary[role]
+        rows.append(
+            {
+                "model": role,
+                "test accuracy (mean ± 95% CI)": f"{_pct(b['mean'])} [{_pct(b['ci95'][0])}, {_pct(b['ci95'][1])}]",
+                "std": f"{100 * b['std']:.2f} pts",
+                "per seed": ", ".join(f"{100 * a:.2f}" for a in b["test_accuracy"]),
+                "parameters": f"{b['params']:,}",
+                "MACs": f"{b['macs']:,}",
+                "train s/epoch": f"{b['seconds_per_epoch']:.1f}",
+                "latency ms/image": f"{latency[role]:.3f}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def figures(study: optuna.Study, summary: dict[str, Any], roles: list[str], histories: dict[str, list[list[dict[str, float]]]], confusions: dict[str, np.ndarray], classes: list[str]) -> list[tuple[str, go.Figure | None, str]]:
+    figs: list[tuple[str, go.Figure | None, str]] = []
+    # 1. per-seed accuracies with mean and CI
+    fig = go.Figure()
+    for role in roles:
+        b = summary[role]
+        fig.add_trace(go.Scatter(x=[role] * len(b["test_accuracy"]), y=[100 * a for a in b["test_accuracy"]], mode="markers", name=f"{role} (seeds)", marker={"color": COLORS.get(role), "size": 9, "opacity": 0.6}))
+        fig.add_trace(go.Scatter(x=[role], y=[100 * b["mean"]], mode="markers", name=f"{role} mean ± 95% CI", marker={"color": COLORS.get(role), "size": 16, "symbol": "diamond"},
+                                 error_y={"type": "data", "symmetric": False, "array": [100 * (b["ci95"][1] - b["mean"])], "arrayminus": [100 * (b["mean"] - b["ci95"][0])]}))
+    fig.update_layout(title="Test accuracy per seed, mean and 95% CI", yaxis_title="test accuracy (%)", height=420)
+    figs.append(("Test accuracy", fig, "Each dot is one seed; diamonds are means with 95% t-intervals."))
+    # 2. learning curves
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy per epoch", "training loss per epoch"))
+    for role in roles:
+        runs = histories[role]
+        epochs = list(range(1, min(len(h) for h in runs) + 1))
+        for col, key in ((1, "val_acc"), (2, "train_loss")):
+            vals = np.array([[h[e - 1][key] for e in epochs] for h in runs])
+            scale = 100 if key == "val_acc" else 1
+            mean, lo, hi = scale * vals.mean(0), scale * vals.min(0), scale * vals.max(0)
+            color = COLORS.get(role, "#555")
+            fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=list(hi) + list(lo[::-1]), fill="toself", line={"width": 0}, fillcolor=color, opacity=0.15, showlegend=False, hoverinfo="skip"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=epochs, y=mean, name=role, line={"color": color}, showlegend=col == 1), row=1, col=col)
+    fig.update_yaxes(title_text="%", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(height=420, title="Learning curves (mean over seeds, band = min to max)")
+    figs.append(("Learning curves", fig, "Measured on the test split after each epoch, for the plot only: nothing was selected on it."))
+    # 3. confusion matrices
+    fig = make_subplots(rows=1, cols=len(roles), subplot_titles=[f"{r} (seed 0)" for r in roles])
+    for i, role in enumerate(roles, start=1):
+        cm = confusions[role]
+        z = np.where(np.eye(len(classes), dtype=bool), np.nan, cm)  # errors only: the diagonal would drown them
+        fig.add_trace(go.Heatmap(z=z, x=classes, y=classes, coloraxis="coloraxis", text=cm, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>"), row=1, col=i)
+        fig.update_xaxes(title_text="predicted", row=1, col=i)
+        fig.update_yaxes(title_text="true", autorange="reversed", row=1, col=i)
+    fig.update_layout(height=480, coloraxis={"colorscale": "Reds"}, title="Confusion matrices (counts; off-diagonal coloured)")
+    figs.append(("Confusion matrices", fig, "Test split, the seed-0 model of each; the diagonal holds the correct counts."))
+    # 4. the search
+    target = {"target": (lambda t: t.values[0]), "target_name": "validation accuracy"}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    figs.append(("Optimization history", optuna.visualization.plot_optimization_history(study, **target), "Validation accuracy of each completed trial and the best so far."))
+    try:
+        # Optuna's default evaluator (PED-ANOVA) explains *low* targets: negate accuracy.
+        imp = optuna.visualization.plot_param_importances(study, target=lambda t: -t.values[0], target_name="validation accuracy")
+        note = "PED-ANOVA importances: how much each parameter decides whether a trial reaches the top validation accuracies."
+    except (ValueError, RuntimeError) as exc:
+        imp, note = None, f"Parameter importances need more completed trials ({exc})."
+    figs.append(("Parameter importances", imp, note))
+    figs.append(("Parallel coordinates", optuna.visualization.plot_parallel_coordinate(study, **target), "Each line is a completed trial; colour is validation accuracy."))
+    counts = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts()
+    fig = go.Figure(go.Bar(x=counts.index.tolist(), y=counts.values.tolist(), text=counts.values.tolist(), textposition="auto"))
+    fig.update_layout(title="Trial states", height=320)
+    figs.append(("Trial states", fig, "COMPLETE and PRUNED trials count toward the study's budget; FAIL trials were retried or reported."))
+    # 5. accuracy vs size
+    pts = sorted(((t.user_attrs.get("params", 0), t.values[0], t.number) for t in complete), key=lambda p: (p[0], -p[1]))
+    front, best_acc = [], -1.0
+    for p in pts:
+        if p[1] > best_acc:
+            front.append(p)
+            best_acc = p[1]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[100 * p[1] for p in pts], mode="markers", name="trials", text=[f"trial {p[2]}" for p in pts], marker={"color": "#999"}))
+    fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[100 * p[1] for p in front], mode="lines+markers", name="Pareto front", line={"shape": "hv", "color": COLORS["best"]}, text=[f"trial {p[2]}" for p in front]))
+    fig.update_layout(title="Validation accuracy against parameter count", xaxis_title="parameters", xaxis_type="log", yaxis_title="validation accuracy (%)", height=420)
+    figs.append(("Accuracy vs parameters (Pareto front)", fig, "No trial to the upper left of the front is both smaller and more accurate."))
+    return figs
+
+
+FAIRNESS = [
+    "Same data: both models are fitted on the full official training set (train + validation) and evaluated on the official test split.",
+    "Same budget: the same number of epochs for both; each keeps its own batch size, learning rate and schedule as configured.",
+    "Same seeds: run k of each model uses seed k (weight init, batch order, dropout), so results pair up by seed; the test is a paired t-test over seeds.",
+    "No selection on test: trials were chosen on the validation split only; the test split is first touched by retrain-best.",
+    "Same code: search, retrain and baseline all go through one training function.",
+]
+
+
+def build_report(study_name: str, url: str, *, out_dir: Path | None = None, data_dir: Any = None, studies_dir: Path | None = None) -> ReportFiles:
+    check_name(study_name, "report")
+    study = get_study(study_name, url)
+    summary = load_summary(study_name, studies_dir)
+    spec = spec_of(study)
+    data = load_spec_data(spec, data_dir)
+    roles = ["best", *summary["comparisons"]]
+    histories: dict[str, list[list[dict[str, float]]]] = {}
+    confusions: dict[str, np.ndarray] = {}
+    latency: dict[str, float] = {}
+    gallery: list[tuple[np.ndarray, str]] = []
+    for role in roles:
+        checkpoints = [load_checkpoint(p) for p in summary[role]["checkpoints"]]
+        histories[role] = [ck.extra["history"] for ck in checkpoints]
+        first = checkpoints[0]
+        pred, conf, true = _mistakes(first.model, data, first.config.input_norm)
+        confusions[role] = _confusion(pred, true, data.num_classes)
+        latency[role] = latency_ms(first.model, data.channels)
+        if role == "best":
+            wrong = torch.nonzero(pred != true).flatten()[:GALLERY]
+            gallery = [(_as_image(data.test.x[i]), f"true {data.classes[true[i]]} → {data.classes[pred[i]]} ({100 * conf[i]:.0f}%)") for i in wrong.tolist()]
+    table = comparison_table(summary, roles, latency)
+    figs = figures(study, summary, roles, histories, confusions, list(data.classes))
+    out = (out_dir or REPORTS_DIR) / study_name
+    out.mkdir(parents=True, exist_ok=True)
+    verdict = summary["difference"]["verdict"]
+    html_path = out / "report.html"
+    html_path.write_text(_html(study_name, summary, table, figs, gallery, verdict))
+    gallery_png = out / "misclassified.png"
+    _gallery_png(gallery, gallery_png)
+    md_path = out / "report.md"
+    md_path.write_text(_markdown(study_name, summary, table, verdict, study))
+    return ReportFiles(html=html_path, markdown=md_path, gallery_png=gallery_png, verdict=verdict)
+
+
+def _gallery_png(gallery: list[tuple[np.ndarray, str]], path: Path) -> None:
+    cols = 8
+    rows = max(1, -(-len(gallery) // cols))
+    sheet = Image.new("L", (cols * 36, rows * 36), 255)
+    for i, (img, _) in enumerate(gallery):
+        tile = Image.fromarray(img).convert("L")
+        sheet.paste(tile, ((i % cols) * 36 + 2, (i // cols) * 36 + 2))
+    sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST).save(path)
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px} .sub{color:#5b6475;margin-bottom:18px}
+.verdict{font-size:1.35em;padding:16px 20px;border-radius:10px;background:#fff;border-left:6px solid #1f77b4;margin:12px 0 20px}
+.verdict.neutral{border-left-color:#999} .verdict.worse{border-left-color:#d62728}
+section{background:#fff;border-radius:10px;padding:16px 20px;margin:16px 0;box-shadow:0 1px 2px rgba(0,0,0,.06)}
+table{border-collapse:collapse;width:100%;font-size:.95em} th,td{padding:6px 8px;border-bottom:1px solid #e5e7eb;text-align:left}
+th{background:#f0f2f5} .note{color:#5b6475;font-size:.9em}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(110px,1fr));gap:10px}
+.gallery figure{margin:0;text-align:center;font-size:.8em} .gallery img{image-rendering:pixelated;border:1px solid #ddd}
+code{background:#f0f2f5;padding:1px 4px;border-radius:4px}
+"""
+
+# Any script error marks the page, so a headless browser (and the tests) can see it.
+_ERROR_HOOK = """<script>
+window.addEventListener('error', function (e) {
+  var n = document.documentElement; n.setAttribute('data-js-errors', (n.getAttribute('data-js-errors') || '') + e.message + ';');
+});
+</script>"""
+
+
+def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, figs: list[tuple[str, go.Figure | None, str]], gallery: list[tuple[np.ndarray, str]], verdict: str) -> str:
+    diff = summary["difference"]
+    tone = "" if diff["significant"] and diff["difference"] > 0 else ("worse" if diff["significant"] else "neutral")
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>lenet-hpo report: {html.escape(name)}</title><style>{_STYLE}</style>{_ERROR_HOOK}</head><body><main>",
+        f"<h1>Is the tuned LeNet-5 better? Study <code>{html.escape(name)}</code></h1>",
+        f"<div class='sub'>best trial {summary['trial']} (validation accuracy {_pct(summary['search_value'])} in the search) against "
+        f"{', '.join(html.escape(r) for r in summary['comparisons'])}; {summary['n_seeds']} seeds × {summary['epochs']} epochs each; "
+        f"dataset {html.escape(summary['dataset']['dataset'])}</div>",
+        f"<div class='verdict {tone}' id='verdict'>{html.escape(verdict[0].upper() + verdict[1:])}.<div class='note'>{html.escape(diff['test'])}, n = {diff['n']} seeds, "
+        f"effect size ({html.escape(diff['effect_size_name'])}) {diff['effect_size']:.2f}</div></div>",
+        "<section><h2>Comparison</h2>",
+        table.to_html(index=False, classes="comparison", border=0, escape=True),
+        "</section><section><h2>What makes this comparison fair</h2><ul>",
+        *[f"<li>{html.escape(f)}</li>" for f in FAIRNESS],
+        "</ul>",
+    ]
+    if summary.get("rescored"):
+        parts.append("<p>The best trial was chosen by re-scoring the top trials on fresh seeds (validation split):</p>")
+        parts.append(pd.DataFrame(summary["rescored"]).to_html(index=False, border=0))
+    parts.append("<h3>Configurations</h3>")
+    parts.append(pd.DataFrame({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]}).to_html(border=0))
+    parts.append("</section>")
+    first = True
+    for title, fig, note in figs:
+        parts.append(f"<section><h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
+        if fig is not None:
+            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if first else False, config={"displaylogo": False}))
+            first = False
+        parts.append("</section>")
+        if title == "Confusion matrices":
+            parts.append("<section><h2>Misclassified test images (tuned model, seed 0)</h2><div class='gallery'>")
+            parts += [f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{_png_b64(img)}'><figcaption>{html.escape(c)}</figcaption></figure>" for img, c in gallery]
+            parts.append("</div></section>")
+    parts.append(f"<p class='note'>Made by lenet-hpo from {html.escape(summary['results_csv'])}.</p></main></body></html>")
+    return "\n".join(parts)
+
+
+def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, verdict: str, study: optuna.Study) -> str:
+    diff = summary["difference"]
+    states = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts().to_dict()
+    lines = [
+        f"# lenet-hpo report: study `{name}`",
+        "",
+        f"**Verdict:** {verdict[0].upper() + verdict[1:]}.",
+        "",
+        f"{diff['test']}, n = {diff['n']} seeds, effect size ({diff['effect_size_name']}) {diff['effect_size']:.2f}.",
+        f"Best trial {summary['trial']} (validation accuracy {_pct(summary['search_value'])} in the search), {summary['n_seeds']} seeds × {summary['epochs']} epochs each.",
+        "",
+        _md_table(table),
+        "",
+        "## Fairness",
+        "",
+        *[f"- {f}" for f in FAIRNESS],
+        "",
+        "## Search",
+        "",
+        f"Trials: {json.dumps(states)}.",
+        "",
+        "Plots (learning curves, confusion matrices, optimization history, parameter importances, parallel coordinates, Pareto front): `report.html`. Misclassified test images: `misclassified.png`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,353 @@
+"""Study definitions (`studies/<name>.toml`) and the one mapping from a trial to a config.
+
+`suggest_config(trial, spec)` is the only code that calls `trial.suggest_*`.
+Retraining rebuilds a finished trial's config through the same function with
+`optuna.trial.FixedTrial(params)`, so params and configs can never drift apart.
+
+A study file:
+
+    [study]
+    dataset = "mnist"        # mnist, fashion-mnist, cifar10, synthetic
+    val_size = 10000         # validation images held out of the official training set
+    split_seed = 0
+    train_limit = 0          # 0: all of the training part; N: a stratified subset (smoke runs)
+    epochs = 4               # per-trial epoch budget
+    train_seed = 0           # weight init and batch order of every trial (common random numbers)
+    objectives = ["val_accuracy"]      # optionally a second: "params" or "macs" (minimised)
+
+    [sampler]                # tpe (default), random, qmc, gp, nsgaii; other keys go to its constructor
+    name = "tpe"
+    seed = 0
+
+    [pruner]                 # median (default), successive_halving, hyperband, threshold, none; other keys go to its constructor
+    name = "median"
+
+    [fixed]                  # TrialConfig fields every trial shares
+    schedule = "cosine"
+
+    [space]                  # TrialConfig fields to search, in suggestion order
+    c1 = { low = 4, high = 16 }                        # int or float by the field's type
+    lr = { low = 1e-4, high = 1e-1, log = true }
+    activation = { choices = ["tanh", "relu"] }
+    momentum = { low = 0.5, high = 0.99, when = { optimizer = "sgd" } }   # conditional
+    weight_decay = { low = 1e-6, high = 1e-2, log = true, off = 0.0 }     # plus a <name>_on switch
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from lenet_hpo.config import BASELINE, TrialConfig
+from lenet_hpo.data import DATASETS
+from lenet_hpo.errors import StudyError
+
+STUDIES_DIR = Path("studies")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+OBJECTIVES = ("val_accuracy", "params", "macs")
+SAMPLERS = ("tpe", "random", "qmc", "gp", "nsgaii")
+PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
+
+_FIELD_TYPES = {f.name: f.type for f in fields(TrialConfig)}  # "int", "float", "str", "bool"
+_STUDY_KEYS = {"name", "dataset", "val_size", "split_seed", "train_limit", "epochs", "train_seed", "objectives", "description", "resize"}
+_PARAM_KEYS = {"low", "high", "log", "step", "choices", "when", "off"}
+
+
+def check_name(name: str, what: str = "study") -> str:
+    """Names become file names: no path separators, no `..`, nothing hidden."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise StudyError(
+            f"{what} name {name!r} is not allowed: use letters, digits, '-', '_' and '.'"
+            " (no path separators or '..')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # the TrialConfig field
+    kind: str  # "int", "float" or "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    when: dict[str, Any] = field(default_factory=dict)
+    off: Any = None  # with `off`, a boolean `<name>_on` decides between `off` and the range
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        return all(values.get(k) == v for k, v in self.when.items())
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        assert self.low is not None and self.high is not None
+        if not self.low <= value <= self.high:
+            return False
+        if self.step:
+            k = (value - self.low) / self.step
+            return math.isclose(k, round(k), abs_tol=1e-9)
+        return True
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    path: Path | None
+    text: str  # the file's contents, recorded in the study
+    dataset: str = "mnist"
+    val_size: int = 10_000
+    split_seed: int = 0
+    train_limit: int | None = None
+    resize: str = "pad"
+    epochs: int = 4
+    train_seed: int = 0
+    objectives: tuple[str, ...] = ("val_accuracy",)
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: tuple[Param, ...] = ()
+    description: str = ""
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize" if o == "val_accuracy" else "minimize" for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def base_config(self) -> TrialConfig:
+        """What every trial shares before its searched values are applied."""
+        return BASELINE.replace(**self.fixed, epochs=self.epochs, seed=self.train_seed)
+
+    def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        opts = dict(self.sampler)
+        name = opts.pop("name", "tpe")
+        seed = opts.pop("seed", 0)
+        seed = None if seed is None else int(seed) + seed_offset
+        match name:
+            case "tpe":
+                opts.setdefault("multivariate", True)
+                opts.setdefault("group", True)  # conditional params (momentum only for SGD)
+                opts.setdefault("constant_liar", True)  # parallel workers do not repeat each other
+                return optuna.samplers.TPESampler(seed=seed, **opts)
+            case "random":
+                return optuna.samplers.RandomSampler(seed=seed, **opts)
+            case "qmc":
+                return optuna.samplers.QMCSampler(seed=seed, **opts)
+            case "gp":
+                return optuna.samplers.GPSampler(seed=seed, **opts)
+            case "nsgaii":
+                return optuna.samplers.NSGAIISampler(seed=seed, **opts)
+        raise StudyError(f"sampler: unknown {name!r}")
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        opts = dict(self.pruner)
+        name = opts.pop("name", "median")
+        match name:
+            case "median":
+                return optuna.pruners.MedianPruner(**opts)
+            case "successive_halving":  # asynchronous (ASHA): rungs at min_resource * reduction_factor^k epochs
+                return optuna.pruners.SuccessiveHalvingPruner(**opts)
+            case "hyperband":
+                opts.setdefault("min_resource", 1)
+                opts.setdefault("max_resource", self.epochs)
+                return optuna.pruners.HyperbandPruner(**opts)
+            case "threshold":  # e.g. lower = 0.5: drop anything under 50% after n_warmup_steps
+                return optuna.pruners.ThresholdPruner(**opts)
+            case "none":
+                return optuna.pruners.NopPruner()
+        raise StudyError(f"pruner: unknown {name!r}")
+
+
+def suggest_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
+    """The only place that calls `trial.suggest_*`: sample a config from the space."""
+    values: dict[str, Any] = {}
+    for p in spec.params:
+        if not p.applies(values):
+            continue
+        if p.off is not None and not trial.suggest_categorical(f"{p.name}_on", [False, True]):
+            values[p.name] = p.off
+            continue
+        if p.kind == "categorical":
+            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.kind == "int":
+            values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))  # type: ignore[arg-type]
+        else:
+            values[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log, step=p.step)  # type: ignore[arg-type]
+    return spec.base_config().replace(**values)
+
+
+def config_from_params(params: dict[str, Any], spec: StudySpec) -> TrialConfig:
+    """Rebuild a finished trial's config through the same mapping."""
+    return suggest_config(optuna.trial.FixedTrial(params), spec)  # type: ignore[arg-type]
+
+
+def params_for(cfg: TrialConfig, spec: StudySpec) -> dict[str, Any] | None:
+    """The params that make `suggest_config` return `cfg` (epochs and seed aside), or
+    None when `cfg` lies outside the space."""
+    base = spec.base_config()
+    for name, value in spec.fixed.items():
+        if getattr(cfg, name) != value:
+            return None
+    searched = {p.name for p in spec.params}
+    for f in fields(TrialConfig):
+        if f.name not in searched and f.name not in ("epochs", "seed") and getattr(cfg, f.name) != getattr(base, f.name):
+            return None
+    values: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for p in spec.params:
+        if not p.applies(values):
+            if getattr(cfg, p.name) != getattr(base, p.name):
+                return None
+            continue
+        v = getattr(cfg, p.name)
+        values[p.name] = v
+        if p.off is not None:
+            params[f"{p.name}_on"] = v != p.off
+            if v == p.off:
+                continue
+        if not p.contains(v):
+            return None
+        params[p.name] = v
+    if config_from_params(params, spec).replace(epochs=cfg.epochs, seed=cfg.seed) != cfg:
+        return None
+    return params
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def study_path(study: str, studies_dir: Path | None = None) -> Path:
+    """`mnist` -> studies/mnist.toml; a path to a .toml file is taken as is."""
+    if study.endswith(".toml"):
+        return Path(study)
+    check_name(study)
+    return (studies_dir or STUDIES_DIR) / f"{study}.toml"
+
+
+def available_studies(studies_dir: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (studies_dir or STUDIES_DIR).glob("*.toml"))
+
+
+def load_spec(study: str, studies_dir: Path | None = None) -> StudySpec:
+    path = study_path(study, studies_dir)
+    if not path.is_file():
+        known = ", ".join(available_studies(path.parent)) or "none"
+        raise StudyError(f"no study file {path} (studies there: {known})")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return parse_spec(raw, name=path.stem, path=path, text=text)
+    except (StudyError, ValueError) as exc:
+        raise StudyError(f"{path}: {exc}") from None
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise StudyError(msg)
+
+
+def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text: str = "") -> StudySpec:
+    unknown = sorted(set(raw) - {"study", "sampler", "pruner", "fixed", "space"})
+    _require(not unknown, f"unknown table [{unknown[0]}] (known: study, sampler, pruner, fixed, space)" if unknown else "")
+    study = dict(raw.get("study", {}))
+    bad = sorted(set(study) - _STUDY_KEYS)
+    _require(not bad, f"unknown key study.{bad[0]} (known: {', '.join(sorted(_STUDY_KEYS))})" if bad else "")
+    name = check_name(str(study.get("name", name)))
+    dataset = study.get("dataset", "mnist")
+    _require(dataset in DATASETS, f"study.dataset: {dataset!r} is not one of {', '.join(DATASETS)}")
+    for key in ("val_size", "split_seed", "train_limit", "epochs", "train_seed"):
+        v = study.get(key)
+        _require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), f"study.{key}: expected a non-negative integer, got {v!r}")
+    epochs = study.get("epochs", 4)
+    _require(epochs >= 1, "study.epochs: must be at least 1")
+    objectives = tuple(study.get("objectives", ["val_accuracy"]))
+    _require(
+        objectives[:1] == ("val_accuracy",) and len(objectives) <= 2 and set(objectives) <= set(OBJECTIVES),
+        f"study.objectives: {list(objectives)} must be ['val_accuracy'] or ['val_accuracy', 'params' or 'macs']",
+    )
+    sampler = dict(raw.get("sampler", {"name": "tpe"}))
+    _require(sampler.get("name", "tpe") in SAMPLERS, f"sampler.name: {sampler.get('name')!r} is not one of {', '.join(SAMPLERS)}")
+    pruner = dict(raw.get("pruner", {"name": "median"}))
+    _require(pruner.get("name", "median") in PRUNERS, f"pruner.name: {pruner.get('name')!r} is not one of {', '.join(PRUNERS)}")
+
+    fixed = dict(raw.get("fixed", {}))
+    for key in fixed:
+        _require(key in _FIELD_TYPES and key not in ("epochs", "seed"), f"unknown key fixed.{key} (a TrialConfig field other than epochs and seed; set those in [study])")
+    params = tuple(_parse_param(k, v) for k, v in raw.get("space", {}).items())
+    spec = StudySpec(
+        name=name,
+        path=path,
+        text=text,
+        dataset=dataset,
+        val_size=study.get("val_size", 10_000),
+        split_seed=study.get("split_seed", 0),
+        train_limit=study.get("train_limit") or None,
+        resize=study.get("resize", "pad"),
+        epochs=epochs,
+        train_seed=study.get("train_seed", 0),
+        objectives=objectives,
+        sampler=sampler,
+        pruner=pruner,
+        fixed=fixed,
+        params=params,
+        description=str(study.get("description", "")),
+    )
+    _require(spec.resize in ("pad", "resize"), f"study.resize: {spec.resize!r} is not pad or resize")
+    seen: set[str] = set()
+    for p in params:
+        for k in p.when:
+            _require(k in seen, f"space.{p.name}.when: {k!r} must be a field searched before {p.name}")
+        seen.add(p.name)
+    # Every corner of the space must be a valid config: check the bounds now, not mid-search.
+    try:
+        spec.base_config()
+        for p in params:
+            for v in (p.choices if p.kind == "categorical" else (p.low, p.high)):
+                spec.base_config().replace(**{p.name: v})
+    except ValueError as exc:
+        raise StudyError(f"space: {exc}") from None
+    if spec.multi_objective:
+        _require(pruner.get("name", "median") == "none", "pruner: Optuna cannot prune multi-objective studies; set [pruner] name = \"none\"")
+    return spec
+
+
+def _parse_param(name: str, raw: Any) -> Param:
+    _require(name in _FIELD_TYPES and name not in ("epochs", "seed"), f"unknown key space.{name} (search TrialConfig fields: {', '.join(k for k in _FIELD_TYPES if k not in ('epochs', 'seed'))})")
+    _require(isinstance(raw, dict), f"space.{name}: expected a table like {{ low = 1, high = 8 }} or {{ choices = [...] }}")
+    bad = sorted(set(raw) - _PARAM_KEYS)
+    _require(not bad, f"unknown key space.{name}.{bad[0]} (known: {', '.join(sorted(_PARAM_KEYS))})" if bad else "")
+    when = raw.get("when", {})
+    _require(isinstance(when, dict), f"space.{name}.when: expected a table of field = value")
+    if "choices" in raw:
+        choices = raw["choices"]
+        _require(isinstance(choices, list) and len(choices) > 0, f"space.{name}.choices: expected a non-empty list")
+        _require(not ({"low", "high", "log", "step", "off"} & set(raw)), f"space.{name}: choices cannot be combined with low/high/log/step/off")
+        return Param(name, "categorical", choices=tuple(choices), when=dict(when))
+    _require("low" in raw and "high" in raw, f"space.{name}: needs low and high, or choices")
+    kind = _FIELD_TYPES[name]
+    _require(kind in ("int", "float"), f"space.{name}: a {kind} field takes choices, not low/high")
+    low, high = raw["low"], raw["high"]
+    for key, v in (("low", low), ("high", high)):
+        _require(isinstance(v, (int, float)) and not isinstance(v, bool), f"space.{name}.{key}: expected a number, got {v!r}")
+        _require(kind == "float" or isinstance(v, int), f"space.{name}.{key}: {name} is an integer field, got {v!r}")
+    _require(low <= high, f"space.{name}: low {low} is above high {high}")
+    log = raw.get("log", False)
+    _require(isinstance(log, bool), f"space.{name}.log: expected true or false")
+    _require(not log or low > 0, f"space.{name}: a log range needs low > 0")
+    step = raw.get("step")
+    _require(step is None or (isinstance(step, (int, float)) and step > 0 and not log), f"space.{name}.step: expected a positive number (not with log)")
+    return Param(name, kind, low=low, high=high, log=log, step=step, when=dict(when), off=raw.get("off"))
