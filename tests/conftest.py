@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lenet_hpo.data import Dataset, cache_path, default_data_dir, load_data
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> Dataset:
+    """2,000 train/validation and 500 test images of ten learnable classes."""
+    return load_data("synthetic", val_size=400)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST cache made by `make data`; CI must have it, elsewhere the test skips."""
+    data_dir = default_data_dir()
+    if not cache_path("mnist", data_dir).exists():
+        msg = f"real MNIST is not cached in {data_dir}: run `make data`"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return data_dir
+
+
+# --- PostgreSQL: a server CI runs on 127.0.0.1:5432 (trust auth); each test gets its own database ---
+
+POSTGRES_ENV = "LENET_HPO_TEST_POSTGRES_URL"
+POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+def _admin_conninfo(url: str) -> str:
+    """psycopg's conninfo for the server's `postgres` database."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The server URL (no database); skips where none is reachable, fails under CI."""
+    url = os.environ.get(POSTGRES_ENV, POSTGRES_DEFAULT)
+    try:
+        import psycopg
+
+        with psycopg.connect(_admin_conninfo(url), connect_timeout=3):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable server
+        from lenet_hpo.storage import mask_url
+
+        msg = f"no PostgreSQL server at {mask_url(url)} ({type(exc).__name__}: {exc}); set {POSTGRES_ENV} or start one"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str):
+    """A fresh database `lenet_hpo_test_<random>`, dropped afterwards; yields its URL."""
+    import secrets
+
+    import psycopg
+
+    name = f"lenet_hpo_test_{secrets.token_hex(4)}"
+    with psycopg.connect(_admin_conninfo(postgres_server), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{postgres_server.rstrip('/')}/{name}"
+    finally:
+        with psycopg.connect(_admin_conninfo(postgres_server), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

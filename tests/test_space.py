@@ -1,0 +1,115 @@
+import optuna
+import pytest
+
+from lenet_hpo.config import BASELINE, TrialConfig
+from lenet_hpo.errors import StudyError
+from lenet_hpo.space import (
+    available_studies,
+    check_name,
+    config_from_params,
+    load_spec,
+    params_for,
+    parse_spec,
+    suggest_config,
+)
+
+SPACE = {
+    "study": {"dataset": "synthetic", "val_size": 400, "epochs": 2},
+    "space": {
+        "c1": {"low": 4, "high": 8},
+        "activation": {"choices": ["tanh", "relu"]},
+        "optimizer": {"choices": ["sgd", "adam"]},
+        "lr": {"low": 1e-4, "high": 0.1, "log": True},
+        "momentum": {"low": 0.5, "high": 0.99, "when": {"optimizer": "sgd"}},
+        "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True, "off": 0.0},
+    },
+}
+
+
+def spec(**changes):
+    raw = {k: dict(v) for k, v in SPACE.items()}
+    for table, values in changes.items():
+        raw[table] = {**raw.get(table, {}), **values}
+    return parse_spec(raw, name="t")
+
+
+def test_shipped_studies_parse_and_baseline_lies_in_the_default_space():
+    assert {"mnist", "smoke", "fashion-mnist", "cifar10"} <= set(available_studies())
+    for name in available_studies():
+        load_spec(name)
+    mnist = load_spec("mnist")
+    assert mnist.dataset == "mnist" and mnist.val_size == 10_000
+    searched = {p.name for p in mnist.params}
+    assert {"c1", "c3", "f5", "f6", "activation", "pooling", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "dropout", "batch_norm"} <= searched
+    params = params_for(BASELINE, mnist)
+    assert params is not None
+    assert config_from_params(params, mnist) == BASELINE.replace(epochs=mnist.epochs)
+
+
+def test_suggest_config_is_the_one_mapping_and_is_conditional():
+    s = spec()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_momentum = {True: 0, False: 0}
+    for _ in range(30):
+        trial = study.ask()
+        cfg = suggest_config(trial, s)
+        assert isinstance(cfg, TrialConfig) and cfg.epochs == 2
+        assert ("momentum" in trial.params) == (cfg.optimizer == "sgd")
+        assert ("weight_decay" in trial.params) == trial.params["weight_decay_on"]
+        seen_momentum[cfg.optimizer == "sgd"] += 1
+        assert config_from_params(trial.params, s) == cfg
+        study.tell(trial, 0.5)
+    assert all(seen_momentum.values())
+
+
+def test_params_for_rejects_configs_outside_the_space():
+    s = spec()
+    assert params_for(BASELINE.replace(c1=6), s) is not None
+    assert params_for(BASELINE.replace(c1=12), s) is None  # out of range
+    assert params_for(BASELINE.replace(activation="gelu"), s) is None  # not a choice
+    assert params_for(BASELINE.replace(pooling="max"), s) is None  # not searched, differs from base
+    assert params_for(BASELINE, spec(fixed={"schedule": "cosine"})) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"study": {"colour": 1}}, "unknown key study.colour"),
+        ({"study": {"dataset": "svhn"}}, "study.dataset"),
+        ({"study": {"epochs": 0}}, "study.epochs"),
+        ({"study": {"objectives": ["loss"]}}, "study.objectives"),
+        ({"space": {"width": {"low": 1, "high": 2}}}, "unknown key space.width"),
+        ({"space": {"c1": {"low": 8, "high": 4}}}, "low 8 is above high 4"),
+        ({"space": {"c1": {"low": 1.5, "high": 4}}}, "integer field"),
+        ({"space": {"c1": {"low": 4, "high": 9999}}}, "c1: 9999 is out of range"),
+        ({"space": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs low > 0"),
+        ({"space": {"c1": {"low": 4, "high": 8, "steps": 2}}}, "unknown key space.c1.steps"),
+        ({"space": {"activation": {"choices": ["tanh", "swish"]}}}, "activation: 'swish'"),
+        ({"space": {"momentum": {"low": 0.5, "high": 0.9, "when": {"schedule": "cosine"}}}}, "must be a field searched before"),
+        ({"sampler": {"name": "annealing"}}, "sampler.name"),
+        ({"pruner": {"name": "patient"}}, "pruner.name"),
+        ({"fixed": {"epochs": 3}}, "unknown key fixed.epochs"),
+        ({"study": {"objectives": ["val_accuracy", "params"]}}, "cannot prune multi-objective"),
+    ],
+)
+def test_malformed_specs_name_the_key(changes, message):
+    with pytest.raises(StudyError, match=message):
+        spec(**changes)
+
+
+def test_malformed_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\n")
+    with pytest.raises(StudyError, match="bad.toml: not valid TOML"):
+        load_spec(str(bad))
+    bad.write_text("[space]\nc9 = { low = 1, high = 2 }\n")
+    with pytest.raises(StudyError, match="bad.toml: unknown key space.c9"):
+        load_spec(str(bad))
+    with pytest.raises(StudyError, match="no study file .*studies there: .*mnist"):
+        load_spec("nonexistent")
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "..", ".hidden", "a\\b", "", "x" * 101])
+def test_names_with_path_parts_are_refused(name):
+    with pytest.raises(StudyError, match="not allowed"):
+        check_name(name)

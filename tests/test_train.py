@@ -1,0 +1,132 @@
+import math
+
+import pytest
+import torch
+
+from lenet_hpo.checkpoint import load_checkpoint, save_checkpoint
+from lenet_hpo.config import BASELINE
+from lenet_hpo.errors import CheckpointError
+from lenet_hpo.train import evaluate, resolve_device, train
+
+FAST = BASELINE.replace(activation="relu", pooling="max", optimizer="adam", lr=3e-3, batch_size=64, epochs=3)
+
+
+def test_learns_synthetic_task_well_above_chance(synthetic):
+    result = train(FAST, synthetic, device="cpu")
+    assert result.outcome == "completed"
+    assert [e.epoch for e in result.history] == [1, 2, 3]
+    assert result.history[-1].val_acc > 0.9  # chance is 0.1
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert all(e.seconds > 0 for e in result.history)
+    assert result.params == 61_706
+
+
+def test_reproducible_for_a_seed(synthetic):
+    cfg = FAST.replace(epochs=1, dropout=0.3)
+    a, b = train(cfg, synthetic, device="cpu"), train(cfg, synthetic, device="cpu")
+    assert [(e.train_loss, e.val_acc) for e in a.history] == [(e.train_loss, e.val_acc) for e in b.history]
+    c = train(cfg.replace(seed=1), synthetic, device="cpu")
+    assert c.history[0].train_loss != a.history[0].train_loss
+
+
+def test_final_fits_train_plus_val_and_evaluates_on_test(synthetic):
+    seen = []
+    result = train(FAST.replace(epochs=1), synthetic, device="cpu", final=True, on_epoch=seen.append)
+    loss, acc = evaluate(result.model, synthetic.test, synthetic.mean, synthetic.std)
+    assert seen[0].val_acc == pytest.approx(acc)
+    assert seen[0].val_loss == pytest.approx(loss, rel=1e-5)
+
+
+def test_divergence_is_a_reported_outcome(synthetic):
+    cfg = BASELINE.replace(activation="relu", lr=10.0, momentum=0.99, epochs=20)
+    result = train(cfg, synthetic, device="cpu")
+    assert result.outcome == "diverged"
+    assert len(result.history) < 20  # the run stopped at the divergence
+    assert math.isnan(result.history[-1].train_loss)
+    assert all(math.isfinite(e.train_loss) for e in result.history[:-1])
+
+
+def test_on_epoch_can_stop_the_run(synthetic):
+    class Stop(Exception):
+        pass
+
+    def on_epoch(e):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(FAST, synthetic, device="cpu", on_epoch=on_epoch)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(None).type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_checkpoint_round_trip(tmp_path, synthetic):
+    result = train(FAST.replace(epochs=1), synthetic, device="cpu")
+    path = save_checkpoint(tmp_path / "m.pt", result.model, FAST, synthetic.meta(), {"note": "x"})
+    raw = torch.load(path, weights_only=True)  # plain tensors and values only
+    assert raw["config"] == FAST.to_dict()
+    ck = load_checkpoint(path)
+    assert ck.config == FAST and ck.extra == {"note": "x"} and ck.data["dataset"] == "synthetic"
+    x = torch.randn(4, 1, 32, 32)
+    result.model.eval()
+    assert torch.allclose(ck.model(x), result.model(x), atol=1e-6)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_with_pickle_payload_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "state_dict": {}, "config": {}, "data": {}, "evil": Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_checkpoint_missing_or_garbage(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(junk)
+
+
+def test_random_shift_translates_whole_images_with_blank_fill():
+    from lenet_hpo.train import random_shift
+
+    x = torch.randint(1, 255, (500, 1, 8, 8), dtype=torch.uint8)
+    y = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    again = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(y, again)
+    seen = set()
+    for i in range(len(x)):  # each output is its input moved by some (dy, dx) with |d| <= 2
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                moved = torch.zeros_like(x[i])
+                src = x[i][:, max(0, dy) : 8 + min(0, dy), max(0, dx) : 8 + min(0, dx)]
+                moved[:, max(0, -dy) : 8 + min(0, -dy), max(0, -dx) : 8 + min(0, -dx)] = src
+                if torch.equal(moved, y[i]):
+                    seen.add((dy, dx))
+                    break
+            else:
+                continue
+            break
+        else:
+            raise AssertionError(f"image {i} is not a translation of its input")
+    assert len(seen) == 25  # every shift occurs
+
+
+def test_augmented_training_learns(synthetic):
+    result = train(FAST.replace(augment=2), synthetic, device="cpu")
+    assert result.history[-1].val_acc > 0.8
