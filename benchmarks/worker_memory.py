@@ -1,0 +1,46 @@
+"""Peak memory of one search worker on MNIST (target: at most 1.5 GB).
+
+    python benchmarks/worker_memory.py
+
+Loads MNIST as a worker does and trains the largest config of the default study's
+space for one epoch with augmentation, then prints the peak resident set size
+(which includes about 0.7 GB of shared torch libraries) and the unique memory.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import torch
+
+from lenet_hpo.config import TrialConfig
+from lenet_hpo.search import load_spec_data
+from lenet_hpo.space import load_spec
+from lenet_hpo.train import train
+
+
+def uss_mb() -> float:
+    """Private (unique) memory of this process from /proc/self/smaps_rollup."""
+    total = 0
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total / 1024
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    data = load_spec_data(load_spec("mnist"))
+    big = TrialConfig(c1=16, c3=48, f5=256, f6=192, activation="relu", pooling="max", batch_norm=True, dropout=0.2,
+                      optimizer="adam", lr=2e-3, batch_size=64, epochs=1, augment=2)
+    train(big, data, device="cpu")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"after imports: {base:.0f} MB RSS")
+    print(f"peak RSS of a worker (largest config, 1 epoch, augment 2): {peak:.0f} MB (target <= 1536 MB)")
+    print(f"unique memory now: {uss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
