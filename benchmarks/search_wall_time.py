@@ -1,10 +1,11 @@
 """Wall time and result of the default search, from an empty study.
 
-    python benchmarks/search_wall_time.py [--study mnist] [--trials 50] [--workers W] [--threads T]
+    python benchmarks/search_wall_time.py [--study mnist] [--trials 50] [--workers W] [--threads T] [--keep FILE.db]
 
-Runs the study on a fresh SQLite file in a temp dir (the real studies/ is not
-touched) and prints wall time, best validation accuracy, and the complete /
-pruned / failed counts, as the search issue's acceptance asks.
+Runs the study on a fresh SQLite file in a temp dir, or in a new file given with
+--keep (the real studies/ is not touched), and prints wall time, best validation
+accuracy, and the complete / pruned / failed counts, as the search issue's
+acceptance asks.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--keep", type=Path, default=None, help="write the study to this new SQLite file and keep it")
     args = ap.parse_args()
     spec = load_spec(args.study)
+    if args.keep is not None and args.keep.exists():
+        ap.error(f"--keep: {args.keep} exists; give a new file so the benchmark starts from an empty study")
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        url = f"sqlite:///{args.keep.resolve() if args.keep else Path(tmp) / 'bench.db'}"
         s = run_search(spec, url, args.trials, workers=args.workers, threads=args.threads, device=args.device, progress=True)
     print(f"study={spec.name} trials={args.trials} workers={s.workers} threads/worker={s.threads_per_worker} cores={os.cpu_count()}")
     print(f"wall time      : {s.seconds:.0f} s ({s.seconds / 60:.1f} min)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -325,7 +324,7 @@ def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, verdict: 
         "",
         "## Search",
         "",
-        f"Trials: {json.dumps(states)}.",
+        "Trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items(), key=lambda kv: -kv[1])) + ".",
         "",
         "Plots (learning curves, confusion matrices, optimization history, parameter importances, parallel coordinates, Pareto front): `report.html`. Misclassified test images: `misclassified.png`.",
         "",

@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 import time
+import tomllib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,11 +125,21 @@ def prepare_study(spec: StudySpec, url: str, data: Dataset, *, heartbeat: Heartb
         lock.close()
 
 
+def _same_settings(stored: str | None, text: str) -> bool:
+    """Whether a study created from `stored` may go on with the file `text`: the same settings (comments may differ)."""
+    if stored is None or stored == text:
+        return True
+    try:
+        return tomllib.loads(stored) == tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return False
+
+
 def _prepare(spec: StudySpec, url: str, storage: optuna.storages.BaseStorage, data: Dataset, sampler_seed: int | None) -> optuna.Study:
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if spec.name in existing:
         attrs = existing[spec.name].user_attrs
-        if attrs.get("study_file") not in (None, spec.text):
+        if not _same_settings(attrs.get("study_file"), spec.text):
             raise StudyError(
                 f"study {spec.name!r} in {mask_url(url)} was created from a different version of {spec.path};"
                 " restore that file, or give the changed file another name to start a new study"

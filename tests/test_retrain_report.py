@@ -154,7 +154,7 @@ def test_report_html_opens_offline_without_js_errors(retrained, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run([exe, *flags, "--window-size=1280,1600", f"--screenshot={shot}", files.html.as_uri()], capture_output=True, timeout=120)
     img = Image.open(shot).convert("L")
-    pixels = torch.tensor(list(img.getdata()), dtype=torch.float)
+    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float()
     assert img.size == (1280, 1600) and pixels.std() > 20  # not blank
     # the comparison table and the first plot are in the first screen
     assert dom.index('class="dataframe comparison"') < dom.index('class="main-svg"')

@@ -10,6 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lenet_hpo.cli import main
+from lenet_hpo.errors import StudyError
 from lenet_hpo.search import run_search
 from lenet_hpo.space import load_spec
 
@@ -88,6 +89,19 @@ def test_rerun_resumes_to_exactly_the_total(study_file, tmp_path):
     again = run_search(spec, url, 5, workers=1, threads=1, device="cpu", progress=False)
     study = optuna.load_study(study_name="t", storage=url)
     assert len(finished(study)) == 5 and again.n_complete == summary.n_complete
+
+
+def test_rerun_after_editing_comments_resumes_but_changed_settings_are_refused(study_file, tmp_path):
+    path = study_file()
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    run_search(load_spec(str(path)), url, 2, workers=1, threads=1, device="cpu", progress=False)
+    path.write_text("# a comment added after the study began\n" + path.read_text())
+    summary = run_search(load_spec(str(path)), url, 3, workers=1, threads=1, device="cpu", progress=False)
+    assert summary.n_complete + summary.n_pruned == 3
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))
+    with pytest.raises(StudyError, match="different version.*another name"):
+        run_search(load_spec(str(path)), url, 4, workers=1, threads=1, device="cpu", progress=False)
+    assert len(optuna.load_study(study_name="t", storage=url).trials) == 3  # nothing written
 
 
 def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_path):
