@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,13 @@ name = "none"
 c1 = {{ low = 4, high = 8 }}
 {lr}"""
 FIXED = '\n[fixed]\nactivation = "relu"\noptimizer = "adam"\n'
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_study(directory: Path, name: str, *, slow: bool = False, baseline: bool = False) -> Path:

@@ -15,7 +15,7 @@ import threading
 
 import optuna
 import pytest
-from fleet import write_study
+from fleet import free_port, write_study
 from optuna.trial import TrialState
 
 from lenet_hpo.cli import main
@@ -36,12 +36,6 @@ def workdir(tmp_path, monkeypatch):
 
 def written(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix != ".toml")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def search(study, url, *extra):
@@ -203,6 +197,12 @@ def test_malformed_study_file_names_file_and_key_and_writes_nothing(workdir, cap
     ("argv", "message"),
     [
         (["search", "--trials", "-1"], "out of range"),
+        (["search", "--trials", "0"], "out of range"),
+        (["search", "--trials", "x"], "expected an integer"),
+        (["search", "--workers", "0"], "out of range"),
+        (["search", "--timeout", "-5"], "out of range"),
+        (["search", "--seed", "-1"], "out of range"),
+        (["search", "--trials", "0", "--storage", "sqlite:///x.db"], "out of range"),
         (["search", "--trials", "1e3"], "expected an integer"),
         (["search", "--workers", "x"], "expected an integer"),
         (["search", "--threads", "0"], "out of range"),
@@ -212,6 +212,11 @@ def test_malformed_study_file_names_file_and_key_and_writes_nothing(workdir, cap
         (["search", "--timeout", "nan"], "out of range"),
         (["dashboard", "--port", "70000"], "out of range"),
         (["dashboard", "--port", "http"], "expected an integer"),
+        (["train", "--epochs", "0"], "out of range"),
+        (["train", "--epochs", "two"], "expected an integer"),
+        (["train", "--dataset", "svhn"], "unknown dataset"),
+        (["train", "--seed", "-3"], "out of range"),
+        (["data", "--dataset", "imagenet"], "unknown dataset"),
     ],
 )
 def test_bad_command_line_values_exit_2_before_anything_is_written(workdir, capsys, argv, message):

@@ -16,7 +16,19 @@ import urllib.request
 import psycopg
 import pytest
 import torch
-from fleet import Watch, assert_consistent, assert_exact, env, record, search_argv, start, stop, wait_for, write_study
+from fleet import (
+    Watch,
+    assert_consistent,
+    assert_exact,
+    env,
+    free_port,
+    record,
+    search_argv,
+    start,
+    stop,
+    wait_for,
+    write_study,
+)
 from optuna.trial import TrialState
 
 from lenet_hpo.search import load_spec_data, run_search
@@ -192,9 +204,3 @@ def _quietly(fn):
         return fn()
     except OSError:
         return None
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

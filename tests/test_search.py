@@ -1,5 +1,4 @@
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -7,6 +6,7 @@ import urllib.request
 
 import optuna
 import pytest
+from fleet import free_port
 from optuna.trial import TrialState
 
 from lenet_hpo.cli import main
@@ -134,25 +134,6 @@ def test_two_workers_exactly_n_unique_none_running(study_file, tmp_path):
     assert summary.n_failed == 0
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["search", "--trials", "0"],
-        ["search", "--trials", "x"],
-        ["search", "--workers", "0"],
-        ["search", "--timeout", "-5"],
-        ["search", "--seed", "-1"],
-    ],
-)
-def test_invalid_arguments_fail_before_any_database_exists(tmp_path, monkeypatch, capsys, argv):
-    monkeypatch.chdir(tmp_path)
-    db = tmp_path / "x.db"
-    with pytest.raises(SystemExit) as exc:
-        main([*argv, "--storage", f"sqlite:///{db}"])
-    assert exc.value.code == 2 and "error" in capsys.readouterr().err
-    assert not db.exists() and not list(tmp_path.rglob("*.db"))
-
-
 def test_bad_study_names_fail_before_any_database_exists(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for name in ("../evil", "nope"):
@@ -172,12 +153,6 @@ def test_cli_json_and_optuna_cli_lists_our_trials(study_file, tmp_path, capsys):
     proc = subprocess.run([*optuna_cli, "trials", "--study-name", "t", "--storage", url, "-f", "json"], capture_output=True, text=True, check=True)
     rows = json.loads(proc.stdout)
     assert sorted(r["number"] for r in rows) == [0, 1, 2] and all(r["state"] == "COMPLETE" for r in rows)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_dashboard_serves_the_study_list(study_file, tmp_path):
