@@ -94,9 +94,11 @@ class TableConv2d(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def dense_weight(self) -> torch.Tensor:
-        """(out, in, k, k) kernel with zeros where the table has no connection."""
-        padded = torch.cat([self.weight.new_zeros(1, self.kernel_size, self.kernel_size), self.weight])
+    def dense_weight(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """(out, in, k, k) kernel with zeros where the table has no connection, from
+        `weight` (one kernel per pair; default: this layer's)."""
+        weight = self.weight if weight is None else weight
+        padded = torch.cat([weight.new_zeros(1, self.kernel_size, self.kernel_size), weight])
         k = self.kernel_size
         return padded.index_select(0, self.slots).view(self.out_channels, self.in_channels, k, k)
 

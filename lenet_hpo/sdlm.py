@@ -23,10 +23,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from lenet_hpo.classic import RBFOutput, Subsample, TableConv2d
+from lenet_hpo.config import SDLM_CURVATURES
+from lenet_hpo.model import ScaledTanh
+
 GRADIENT_FLOATS = 20_000_000  # per-pattern gradients held at once (~80 MB of float32)
+# Squashing units, through which d2E/da2 = f'(a)^2 d2E/dx2 (the paper's rule).
+ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU, nn.GELU, ScaledTanh)
 
 
 class SDLM(torch.optim.Optimizer):
@@ -35,9 +42,20 @@ class SDLM(torch.optim.Optimizer):
     `lr` is the global rate eta of one update.  Before the first estimate h is 0.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, *, mu: float = 0.02, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        *,
+        mu: float = 0.02,
+        weight_decay: float = 0.0,
+        curvature: str = "gauss_newton",
+    ) -> None:
         if lr <= 0 or mu <= 0 or weight_decay < 0:
             raise ValueError(f"sdlm: invalid lr={lr}, mu={mu}, weight_decay={weight_decay}")
+        if curvature not in SDLM_CURVATURES:
+            raise ValueError(f"sdlm_curvature: unknown {curvature!r} (one of {', '.join(SDLM_CURVATURES)})")
+        self.curvature_method = curvature
         super().__init__(params, {"lr": lr, "mu": mu, "weight_decay": weight_decay})
 
     @torch.no_grad()
@@ -47,14 +65,24 @@ class SDLM(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
-                h = self.state[p].get("h")
-                denom = h + group["mu"] if h is not None else torch.full_like(p, group["mu"])
-                p.addcdiv_(d, denom, value=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            # One fused update per group: p -= lr * grad * 1 / (mu + h), the factor cached per pass.
+            torch._foreach_addcmul_(params, grads, [self._rate(p, group["mu"]) for p in params], value=-group["lr"])
         return loss
+
+    def _rate(self, p: torch.Tensor, mu: float) -> torch.Tensor:
+        """1 / (mu + h) for `p`, recomputed only when h or mu changed."""
+        state = self.state[p]
+        h = state.get("h")
+        if "rate" not in state or state["rate_of"][0] is not h or state["rate_of"][1] != mu:
+            state["rate"] = 1.0 / (h + mu) if h is not None else torch.full_like(p, 1.0 / mu)
+            state["rate_of"] = (h, mu)
+        return state["rate"]
 
     def curvature(self) -> list[torch.Tensor]:
         """The current h_kk of every parameter (zeros before the first estimate)."""
@@ -69,7 +97,10 @@ class SDLM(torch.optim.Optimizer):
         generator: torch.Generator | None = None,
     ) -> None:
         """Re-estimate h_kk on the patterns `x` (the trainer calls this before each pass)."""
-        estimate = gauss_newton_diagonal(model, x, loss_logits, generator=generator)
+        if self.curvature_method == "paper":
+            estimate = paper_diagonal(model, x, loss_logits)
+        else:
+            estimate = gauss_newton_diagonal(model, x, loss_logits, generator=generator)
         h = dict(zip(trainable(model), estimate, strict=True))
         for group in self.param_groups:
             for p in group["params"]:
@@ -139,3 +170,101 @@ def gauss_newton_diagonal(
     finally:
         model.train(was_training)
     return [totals[n] / len(x) for n in names]
+
+
+def paper_diagonal(model: nn.Module, x: torch.Tensor, loss_logits: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """The paper's h_kk (its Appendix C): diagonal second derivatives back-propagated
+    layer by layer with the Gauss-Newton approximation, averaged over the patterns `x`.
+
+    Off-diagonal terms are dropped at every layer:  d2E/da2 = f'(a)^2 d2E/dx2 through
+    a squashing unit, d2E/dx_i2 = sum_k w_ki^2 d2E/da_k2 through a weighted layer, and
+    a shared weight collects sum over its connections of d2E/da2 * x^2.  At the output,
+    the criterion's second derivatives with respect to the penalties are the diagonal
+    p_i (1 - p_i) of the softmax Hessian, and the RBF units add their own curvature,
+    2 (1 - sum_i p_i), which the rubbish class keeps positive.  Always >= 0.
+    Computed in evaluation mode on the model's `features` and `classifier` layers.
+    """
+    layers = [*model.features, *model.classifier]
+    params = [p for p in model.parameters() if p.requires_grad]
+    totals = {p: torch.zeros_like(p) for p in params}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            inputs = []
+            h = x
+            for layer in layers:
+                inputs.append(h)
+                h = layer(h)
+            k = h.shape[1]
+            probs = torch.softmax(loss_logits(h).float(), dim=1)
+            d2 = probs[:, :k] * (1 - probs[:, :k])  # d2E/dlogit2; logit = -y, so also d2E/dy2
+            head, head_in = layers[-1], inputs[-1]
+            if isinstance(head, RBFOutput):
+                diff = head_in.unsqueeze(1) - head.centres  # dy_i/dx_j = 2 (x_j - w_ij)
+                own = head.input_curvature(probs[:, :k]).clamp(min=0).unsqueeze(1)
+                curv = 4 * (d2.unsqueeze(2) * diff.square()).sum(1) + own
+                back = layers[:-1]
+            else:
+                curv, back = d2, layers
+            for layer, inp in zip(reversed(back), reversed(inputs[: len(back)]), strict=True):
+                curv = _diagonal_step(layer, inp, curv, totals)
+    finally:
+        model.train(was_training)
+    return [totals[p] / len(x) for p in params]
+
+
+def _diagonal_step(
+    layer: nn.Module, x: torch.Tensor, curv: torch.Tensor, totals: dict[nn.Parameter, torch.Tensor]
+) -> torch.Tensor:
+    """Add `layer`'s parameters' diagonal second derivatives (summed over the batch) to
+    `totals` and return d2E/dx2 at its input, given d2E/d(out)2 `curv`."""
+    x2 = x.square()
+    if isinstance(layer, nn.Linear):
+        _add(totals, layer.weight, curv.t() @ x2)
+        _add(totals, layer.bias, curv.sum(0))
+        return curv @ layer.weight.square()
+    if isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding == (0, 0) and layer.dilation == (1, 1):
+        _add(totals, layer.weight, torch.nn.grad.conv2d_weight(x2, layer.weight.shape, curv, stride=layer.stride))
+        _add(totals, layer.bias, curv.sum((0, 2, 3)))
+        return torch.nn.grad.conv2d_input(x.shape, layer.weight.square(), curv, stride=layer.stride)
+    if isinstance(layer, TableConv2d):
+        dense = layer.dense_weight()
+        per_kernel = torch.nn.grad.conv2d_weight(x2, dense.shape, curv)
+        with torch.enable_grad():  # gather the dense kernels' sums onto the table's pairs
+            w = layer.weight.detach().requires_grad_()
+            (per_pair,) = torch.autograd.grad((layer.dense_weight(w) * per_kernel).sum(), w)
+        _add(totals, layer.weight, per_pair)
+        _add(totals, layer.bias, curv.sum((0, 2, 3)))
+        return torch.nn.grad.conv2d_input(x.shape, dense.square(), curv)
+    if isinstance(layer, Subsample):  # a = c * (sum of 4 inputs) + b: c is shared by 4 connections per unit
+        _add(totals, layer.weight, (curv * F.avg_pool2d(x2, 2, 2) * 4.0).sum((0, 2, 3)))
+        _add(totals, layer.bias, curv.sum((0, 2, 3)))
+        return _spread(curv * layer.weight.view(1, -1, 1, 1).square(), x.shape)
+    if isinstance(layer, nn.AvgPool2d) and layer.kernel_size in (2, (2, 2)) and layer.stride in (2, (2, 2)):
+        return _spread(curv / 16.0, x.shape)
+    if isinstance(layer, nn.Flatten):
+        return curv.reshape(x.shape)
+    if isinstance(layer, nn.Dropout):  # identity in evaluation mode
+        return curv
+    if isinstance(layer, ELEMENTWISE):
+        with torch.enable_grad():
+            a = x.detach().requires_grad_()
+            (slope,) = torch.autograd.grad(layer(a).sum(), a)
+        return curv * slope.square()
+    raise ValueError(
+        f"sdlm_curvature 'paper': no diagonal rule for {type(layer).__name__}; use sdlm_curvature = 'gauss_newton'"
+    )
+
+
+def _add(totals: dict[nn.Parameter, torch.Tensor], p: nn.Parameter | None, value: torch.Tensor) -> None:
+    if p is not None and p.requires_grad:
+        totals[p] += value.reshape(p.shape)
+
+
+def _spread(curv: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Each 2x2 block of the input gets its unit's value (inputs past an odd edge get 0)."""
+    out = curv.new_zeros(shape)
+    up = curv.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    out[..., : up.shape[2], : up.shape[3]] = up
+    return out
