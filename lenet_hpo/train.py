@@ -28,7 +28,10 @@ from lenet_hpo.data import Dataset, Split, input_affine, scale_input
 from lenet_hpo.model import build_model, count_params
 from lenet_hpo.sdlm import SDLM
 
-EVAL_BATCH = 1024  # images per evaluation batch: activations stay under ~60 MB a layer
+# Images per evaluation batch.  On a GPU large batches keep the kernels busy; on a CPU
+# smaller ones keep a layer's activations in cache (benchmarks/eval_batch.py).
+EVAL_BATCH = {"cpu": 256}
+EVAL_BATCH_DEFAULT = 1024
 NAN_CHECK_EVERY = 50  # steps between divergence checks (a check is a host sync on GPUs)
 # The paper's global rate per pass: (last pass, rate), passes counted from 1; later passes keep the last.
 PAPER_RATES = ((2, 0.0005), (5, 0.0002), (8, 0.0001), (12, 0.00005), (20, 0.00001))
@@ -121,7 +124,7 @@ def make_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim.
         case "adamw":
             return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         case "sdlm":
-            return SDLM(params, lr=cfg.lr, mu=cfg.sdlm_mu, weight_decay=cfg.weight_decay)
+            return SDLM(params, lr=cfg.lr, mu=cfg.sdlm_mu, weight_decay=cfg.weight_decay, curvature=cfg.sdlm_curvature)
     raise ValueError(f"optimizer: unknown {cfg.optimizer!r}")
 
 
@@ -172,8 +175,10 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits for already-normalised inputs, in large batches; (N, classes)."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits for already-normalised inputs, in batches (default: EVAL_BATCH for the
+    inputs' device); (N, classes)."""
+    batch_size = batch_size or EVAL_BATCH.get(x.device.type, EVAL_BATCH_DEFAULT)
     was_training = model.training
     model.eval()
     try:
