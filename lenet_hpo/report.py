@@ -190,6 +190,31 @@ def figures(study: optuna.Study, summary: dict[str, Any], roles: list[str], hist
     return figs
 
 
+# Settings that only mean something for some configs: (field, the field and values it needs).
+APPLIES_WHEN = {
+    "momentum": ("optimizer", ("sgd",)),
+    "nesterov": ("optimizer", ("sgd",)),
+    "sdlm_mu": ("optimizer", ("sdlm",)),
+    "sdlm_samples": ("optimizer", ("sdlm",)),
+    "sdlm_curvature": ("optimizer", ("sdlm",)),
+    "map_j": ("loss", ("map",)),
+}
+
+
+def config_table(configs: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(rows where the configs differ, {setting: value} shared by all).  A setting that
+    does not apply to a config (momentum without SGD, ...) reads "n/a" there, and is
+    left out when it applies to none."""
+
+    def applies(field: str, cfg: dict[str, Any]) -> bool:
+        return field not in APPLIES_WHEN or cfg[APPLIES_WHEN[field][0]] in APPLIES_WHEN[field][1]
+
+    frame = pd.DataFrame({role: {k: v if applies(k, cfg) else "n/a" for k, v in cfg.items()} for role, cfg in configs.items()})
+    frame = frame[~(frame == "n/a").all(axis=1)]
+    same = frame.apply(lambda row: row.map(repr).nunique() == 1, axis=1)
+    return frame[~same], {field: frame.loc[field].iloc[0] for field in frame.index[same]}
+
+
 FAIRNESS = [
     "Same data: both models are fitted on the full official training set (train + validation) and evaluated on the official test split.",
     "Same budget: the same number of epochs for both; each keeps its own batch size, learning rate and schedule as configured.",
@@ -287,8 +312,10 @@ def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, figs: list[tu
     if summary.get("rescored"):
         parts.append("<p>The best trial was chosen by re-scoring the top trials on fresh seeds (validation split):</p>")
         parts.append(pd.DataFrame(summary["rescored"]).to_html(index=False, border=0))
-    parts.append("<h3>Configurations</h3>")
-    parts.append(pd.DataFrame({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]}).to_html(border=0))
+    differ, shared = config_table({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]})
+    parts.append("<h3>Configurations: where they differ</h3>")
+    parts.append(differ.to_html(border=0))
+    parts.append("<p class='note'>The same in both: " + html.escape(", ".join(f"{k} {v}" for k, v in shared.items())) + ".</p>")
     parts.append("</section>")
     first = True
     for title, fig, note in figs:
@@ -307,6 +334,7 @@ def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, figs: list[tu
 
 def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, verdict: str, study: optuna.Study) -> str:
     diff = summary["difference"]
+    differ, shared = config_table({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]})
     states = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts().to_dict()
     lines = [
         f"# lenet-hpo report: study `{name}`",
@@ -321,6 +349,12 @@ def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, verdict: 
         "## Fairness",
         "",
         *[f"- {f}" for f in FAIRNESS],
+        "",
+        "## Configurations: where they differ",
+        "",
+        _md_table(differ.reset_index(names="setting")),
+        "",
+        "The same in both: " + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".",
         "",
         "## Search",
         "",

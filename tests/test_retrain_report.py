@@ -11,7 +11,7 @@ from lenet_hpo.checkpoint import load_checkpoint
 from lenet_hpo.cli import main
 from lenet_hpo.config import BASELINE
 from lenet_hpo.errors import StudyError
-from lenet_hpo.report import build_report
+from lenet_hpo.report import build_report, config_table
 from lenet_hpo.retrain import retrain_best
 from lenet_hpo.search import run_search
 from lenet_hpo.space import load_spec
@@ -141,6 +141,7 @@ def test_report_html_opens_offline_without_js_errors(retrained, tmp_path):
     assert "Comparison" in text and "What makes this comparison fair" in text and "Misclassified" in text
     md = files.markdown.read_text()
     assert "**Verdict:**" in md and "| best |" in md and "| baseline |" in md
+    assert "| setting | best | baseline |" in md and "The same in both: " in md
     exe = chromium()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000"]
@@ -158,3 +159,13 @@ def test_report_html_opens_offline_without_js_errors(retrained, tmp_path):
     assert img.size == (1280, 1600) and pixels.std() > 20  # not blank
     # the comparison table and the first plot are in the first screen
     assert dom.index('class="dataframe comparison"') < dom.index('class="main-svg"')
+
+
+def test_config_table_shows_the_differences_and_leaves_out_what_applies_to_neither():
+    best = BASELINE.replace(optimizer="adamw", lr=0.02, c3=33).to_dict()
+    differ, shared = config_table({"best": best, "baseline": BASELINE.to_dict()})
+    assert set(differ.index) == {"optimizer", "lr", "c3", "momentum", "nesterov"}
+    assert list(differ.columns) == ["best", "baseline"] and differ.loc["c3", "best"] == 33
+    assert differ.loc["momentum"].tolist() == ["n/a", BASELINE.momentum]  # an SGD setting: the baseline's only
+    assert shared["c1"] == 6 and shared["epochs"] == BASELINE.epochs
+    assert not {"sdlm_mu", "sdlm_samples", "sdlm_curvature", "map_j"} & (set(differ.index) | set(shared))
