@@ -315,7 +315,7 @@ def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, figs: list[tu
     differ, shared = config_table({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]})
     parts.append("<h3>Configurations: where they differ</h3>")
     parts.append(differ.to_html(border=0))
-    parts.append("<p class='note'>The same in both: " + html.escape(", ".join(f"{k} {v}" for k, v in shared.items())) + ".</p>")
+    parts.append("<p class='note'>The same for all: " + html.escape(", ".join(f"{k} {v}" for k, v in shared.items())) + ".</p>")
     parts.append("</section>")
     first = True
     for title, fig, note in figs:
@@ -354,7 +354,7 @@ def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, verdict: 
         "",
         _md_table(differ.reset_index(names="setting")),
         "",
-        "The same in both: " + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".",
+        "The same for all: " + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".",
         "",
         "## Search",
         "",

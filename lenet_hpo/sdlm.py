@@ -4,15 +4,19 @@ Each parameter k takes steps of its own size eta / (mu + h_kk), where h_kk is an
 estimate of the second derivative of the per-pattern loss with respect to it,
 re-estimated on a few hundred patterns before each pass and held fixed during it.
 
-Choices the paper leaves open (docs/classic.md measures them):
+Two estimates of h_kk (`curvature`; docs/classic.md measures both):
 
-* h_kk is an unbiased estimate of the diagonal of the Gauss-Newton matrix of the
-  loss, averaged over the estimation patterns: the network is linearised up to its
-  logits (H = diag(p) - pp^T there) and, for the RBF head, up to the head's input
-  (the RBF units count as part of the criterion, as in the paper; their curvature
-  adds 2 * p_rubbish * I).  One random probe per pattern, one backward pass each:
-  see `gauss_newton_diagonal`.  The paper computes its approximation by
-  back-propagating diagonal second derivatives only.
+* "paper": the paper's own, diagonal second derivatives back-propagated layer by
+  layer with every off-diagonal term dropped (`paper_diagonal`).
+* "gauss_newton": an unbiased estimate of the exact diagonal of the Gauss-Newton
+  matrix of the loss, averaged over the estimation patterns: the network is
+  linearised up to its logits (H = diag(p) - pp^T there) and, for the RBF head, up
+  to the head's input (the RBF units count as part of the criterion, as in the
+  paper; their curvature adds 2 * p_rubbish * I).  One random probe per pattern,
+  one backward pass each: see `gauss_newton_diagonal`.
+
+Choices the paper leaves open:
+
 * Batches.  The paper updates after every pattern.  Here one update follows the mean
   gradient of a batch of B patterns with the per-parameter rate eta / (mu + h_kk);
   B = 1 is the paper's algorithm.

@@ -141,7 +141,7 @@ def test_report_html_opens_offline_without_js_errors(retrained, tmp_path):
     assert "Comparison" in text and "What makes this comparison fair" in text and "Misclassified" in text
     md = files.markdown.read_text()
     assert "**Verdict:**" in md and "| best |" in md and "| baseline |" in md
-    assert "| setting | best | baseline |" in md and "The same in both: " in md
+    assert "| setting | best | baseline |" in md and "The same for all: " in md
     exe = chromium()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000"]
