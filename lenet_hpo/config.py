@@ -127,6 +127,11 @@ class TrialConfig:
                 f"c3_table: the paper's Table I connects 6 S2 maps to 16 C3 maps with 5x5 kernels;"
                 f" needs c1 = 6, c3 = 16, kernel_size = 5 (got {self.c1}, {self.c3}, {self.kernel_size})"
             )
+        if self.optimizer == "sdlm" and self.sdlm_curvature == "paper" and (self.batch_norm or self.pooling == "max"):
+            raise ValueError(
+                "sdlm_curvature: 'paper' back-propagates second derivatives through the paper's layers only;"
+                " with batch_norm or max pooling use sdlm_curvature = 'gauss_newton'"
+            )
         if self.head == "rbf" and self.f6 != RBF_INPUTS:
             raise ValueError(f"head: 'rbf' compares F6 with 7x12 bitmaps; needs f6 = {RBF_INPUTS} (got {self.f6})")
         if self.architecture == "classic":
