@@ -250,12 +250,14 @@ def build_report(study_name: str, url: str, *, out_dir: Path | None = None, data
     out = (out_dir or REPORTS_DIR) / study_name
     out.mkdir(parents=True, exist_ok=True)
     verdict = summary["difference"]["verdict"]
+    differ, shared = config_table({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]})
+    configs = (differ, "The same for all: " + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".")
     html_path = out / "report.html"
-    html_path.write_text(_html(study_name, summary, table, figs, gallery, verdict))
+    html_path.write_text(_html(study_name, summary, table, configs, figs, gallery, verdict))
     gallery_png = out / "misclassified.png"
     _gallery_png(gallery, gallery_png)
     md_path = out / "report.md"
-    md_path.write_text(_markdown(study_name, summary, table, verdict, study))
+    md_path.write_text(_markdown(study_name, summary, table, configs, verdict, study))
     return ReportFiles(html=html_path, markdown=md_path, gallery_png=gallery_png, verdict=verdict)
 
 
@@ -291,7 +293,7 @@ window.addEventListener('error', function (e) {
 </script>"""
 
 
-def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, figs: list[tuple[str, go.Figure | None, str]], gallery: list[tuple[np.ndarray, str]], verdict: str) -> str:
+def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, configs: tuple[pd.DataFrame, str], figs: list[tuple[str, go.Figure | None, str]], gallery: list[tuple[np.ndarray, str]], verdict: str) -> str:
     diff = summary["difference"]
     tone = "" if diff["significant"] and diff["difference"] > 0 else ("worse" if diff["significant"] else "neutral")
     parts = [
@@ -312,10 +314,9 @@ def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, figs: list[tu
     if summary.get("rescored"):
         parts.append("<p>The best trial was chosen by re-scoring the top trials on fresh seeds (validation split):</p>")
         parts.append(pd.DataFrame(summary["rescored"]).to_html(index=False, border=0))
-    differ, shared = config_table({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]})
     parts.append("<h3>Configurations: where they differ</h3>")
-    parts.append(differ.to_html(border=0))
-    parts.append("<p class='note'>The same for all: " + html.escape(", ".join(f"{k} {v}" for k, v in shared.items())) + ".</p>")
+    parts.append(configs[0].to_html(border=0))
+    parts.append(f"<p class='note'>{html.escape(configs[1])}</p>")
     parts.append("</section>")
     first = True
     for title, fig, note in figs:
@@ -332,9 +333,8 @@ def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, figs: list[tu
     return "\n".join(parts)
 
 
-def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, verdict: str, study: optuna.Study) -> str:
+def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, configs: tuple[pd.DataFrame, str], verdict: str, study: optuna.Study) -> str:
     diff = summary["difference"]
-    differ, shared = config_table({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]})
     states = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts().to_dict()
     lines = [
         f"# lenet-hpo report: study `{name}`",
@@ -352,9 +352,9 @@ def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, verdict: 
         "",
         "## Configurations: where they differ",
         "",
-        _md_table(differ.reset_index(names="setting")),
+        _md_table(configs[0].reset_index(names="setting")),
         "",
-        "The same for all: " + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".",
+        configs[1],
         "",
         "## Search",
         "",
