@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lenet_hpo.config import PRECISIONS
 from lenet_hpo.errors import LenetHpoError
 
 PROG = "python -m lenet_hpo"
@@ -121,17 +122,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{e.train_loss:.4f}", acc=f"{e.train_acc:.4f}", test_acc=f"{e.val_acc:.4f}", s=f"{e.seconds:.1f}")
 
-    result = train(cfg, data, device=device, on_epoch=on_epoch, final=True)
+    result = train(cfg, data, device=device, on_epoch=on_epoch, final=True, precision=args.precision)
     bar.close()
     name = Path(args.config).stem if args.config not in NAMED_CONFIGS else args.config
     out = args.out / f"{name}-{data.name}-seed{cfg.seed}.pt"
     history = [e.to_dict() for e in result.history]
     test_acc = result.final.val_acc if result.final else float("nan")
-    save_checkpoint(out, result.model, cfg, data.meta(), {"history": history, "test_accuracy": test_acc, "outcome": result.outcome})
+    extra = {"history": history, "test_accuracy": test_acc, "outcome": result.outcome, "precision": result.precision}
+    save_checkpoint(out, result.model, cfg, data.meta(), extra)
     summary = {
         "config": cfg.to_dict(),
         "dataset": data.name,
         "device": str(device),
+        "precision": result.precision,
         "outcome": result.outcome,
         "test_accuracy": test_acc,
         "params": result.params,
@@ -144,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif result.outcome == "diverged":
         print(f"diverged: the loss became NaN/inf in epoch {len(history)}; lower the learning rate. Checkpoint: {out}")
     else:
-        print(f"test accuracy {test_acc:.4%} after {cfg.epochs} epochs ({result.params:,} parameters, {result.seconds:.0f} s on {device})")
+        print(f"test accuracy {test_acc:.4%} after {cfg.epochs} epochs ({result.params:,} parameters, {result.seconds:.0f} s on {device}, {result.precision})")
         print(f"checkpoint: {out}")
     return 0 if result.outcome == "completed" else 1
 
@@ -282,6 +285,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         baselines=baselines,
         device=args.device,
         workers=args.workers,
+        precision=args.precision,
         data_dir=args.data_dir,
         on_run=on_run,
     )
@@ -289,7 +293,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
-    print(f"\nbest trial {result['trial']} vs {', '.join(baselines)}: {result['n_seeds']} seeds x {result['epochs']} epochs each, on {result['dataset']['n_train'] + result['dataset']['n_val']} training images; test split")
+    precisions = "/".join(sorted({result[role]["precision"] for role in ("best", *baselines)}))
+    print(f"\nbest trial {result['trial']} vs {', '.join(baselines)}: {result['n_seeds']} seeds x {result['epochs']} epochs each, on {result['dataset']['n_train'] + result['dataset']['n_val']} training images, {precisions}; test split")
     for role in ("best", *baselines):
         b = result[role]
         print(f"  {role:9s} {100 * b['mean']:.2f}% ± {100 * b['std']:.2f}  95% CI [{100 * b['ci95'][0]:.2f}, {100 * b['ci95'][1]:.2f}]  {b['params']:,} params")
@@ -334,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int_range(1, 1000), default=None, help="override the config's epochs")
     p.add_argument("--seed", type=int_range(0), default=None, help="override the config's seed")
     add_device_arg(p)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32; bf16: forward passes under bfloat16 autocast; auto: bf16 on a CPU with native bfloat16, else fp32 (default: fp32)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="checkpoint directory (default: runs/)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
@@ -374,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int_range(1, 100), default=1, help="re-score the K best trials on fresh seeds (validation split) and take the best mean (default: 1)")
     p.add_argument("--baselines", default="baseline", help="named configs to compare against, comma-separated (default: baseline)")
     p.add_argument("--workers", type=int_range(1, 256), default=None, help="trainings at once, in separate processes (default: one per CPU core; 1 on a GPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="auto, fp32 or bf16 for every run (default: the study's [study] precision, auto when unset)")
     add_device_arg(p)
     add_data_dir_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -28,6 +28,10 @@ SDLM_CURVATURES = ("paper", "gauss_newton")
 # paper: the 20-pass rate table; paper_warmup: the same with pass 1 at a fifth of it (docs/classic.md)
 SCHEDULES = ("constant", "cosine", "step", "onecycle", "paper", "paper_warmup")
 KERNEL_SIZES = (3, 5)
+# How a run computes (not part of a TrialConfig: it changes the arithmetic, not the
+# model or recipe): fp32; bf16, forward passes under bfloat16 autocast; auto, bf16 on
+# a CPU with native bfloat16 and fp32 elsewhere (train.resolve_precision).
+PRECISIONS = ("auto", "fp32", "bf16")
 RBF_INPUTS = 84  # one F6 unit per pixel of a 7x12 bitmap
 
 # What architecture = "classic" fixes: LeCun, Bottou, Bengio, Haffner (1998), section II.B.

@@ -115,6 +115,7 @@ def comparison_table(summary: dict[str, Any], roles: list[str], latency: dict[st
                 "parameters": f"{b['params']:,}",
                 "MACs": f"{b['macs']:,}",
                 "train s/epoch": f"{b['seconds_per_epoch']:.1f}",
+                "precision": b.get("precision", "fp32"),  # summaries from before the field: fp32
                 "latency ms/image": f"{latency[role]:.3f}",
             }
         )
@@ -220,7 +221,7 @@ FAIRNESS = [
     "Same budget: the same number of epochs for both; each keeps its own batch size, learning rate and schedule as configured.",
     "Same seeds: run k of each model uses seed k (weight init, batch order, dropout), so results pair up by seed; the test is a paired t-test over seeds.",
     "No selection on test: trials were chosen on the validation split only; the test split is first touched by retrain-best.",
-    "Same code: search, retrain and baseline all go through one training function.",
+    "Same code: search, retrain and baseline all go through one training function, in the same precision (the precision column; only the paper's SDLM recipe is always fp32).",
 ]
 
 

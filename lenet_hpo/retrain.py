@@ -5,6 +5,9 @@ Fairness rules (stated again on the report):
   training set: train + validation) for the same number of epochs, each with its
   own batch size, learning rate and schedule as configured;
 - both run on the same seeds (weight init and batch order), so per-seed results pair up;
+- both compute in the same precision: the study's (`precision` in its [study] table,
+  "auto" by default) unless --precision says otherwise; SDLM (the classic recipe)
+  always runs in fp32.  Each run records the precision it used;
 - the official test split is touched here for the first time: selection happened
   on the validation split only (and, with --top-k, re-scoring on fresh seeds,
   still on validation).
@@ -39,7 +42,7 @@ from lenet_hpo.model import count_macs
 from lenet_hpo.search import best_trials, get_study, load_spec_data
 from lenet_hpo.space import STUDIES_DIR, StudySpec, check_name, config_from_params, parse_spec
 from lenet_hpo.stats import compare, summarize
-from lenet_hpo.train import resolve_device, train
+from lenet_hpo.train import resolve_device, resolve_precision, train
 
 log = logging.getLogger(__name__)
 RESCORE_SEED_BASE = 1000  # --top-k re-scoring seeds: disjoint from the retraining seeds 0..n-1
@@ -70,19 +73,22 @@ class Run:
     macs: int
     checkpoint: str
     outcome: str
+    precision: str = "fp32"  # resolved: fp32 or bf16 (checkpoints from before this field were fp32)
 
 
-def _run_one(role: str, cfg: TrialConfig, data: Dataset, out: Path, device: torch.device, meta: dict[str, Any]) -> Run:
+def _run_one(role: str, cfg: TrialConfig, data: Dataset, out: Path, device: torch.device, meta: dict[str, Any], precision: str) -> Run:
     path = out / f"{role}-seed{cfg.seed}.pt"
+    prec = resolve_precision(precision, cfg, device)
     if path.exists():
         try:
             ck = load_checkpoint(path)
-            if ck.config == cfg and ck.data.get("checksum") == data.checksum:
+            done = Run(**ck.extra["run"])
+            if ck.config == cfg and ck.data.get("checksum") == data.checksum and done.precision == prec:
                 log.info("%s: already done, skipped", path)
-                return Run(**ck.extra["run"])
+                return done
         except (CheckpointError, KeyError, TypeError):
             log.warning("%s: unreadable or from another version; training again", path)
-    result = train(cfg, data, device=device, final=True)
+    result = train(cfg, data, device=device, final=True, precision=prec)
     history = [e.to_dict() for e in result.history]
     final = result.history[-1]
     seconds_per_epoch = statistics.fmean(e.seconds for e in result.history)
@@ -98,6 +104,7 @@ def _run_one(role: str, cfg: TrialConfig, data: Dataset, out: Path, device: torc
         macs=count_macs(result.model, data.channels),
         checkpoint=str(path),
         outcome=result.outcome,
+        precision=result.precision,
     )
     save_checkpoint(path, result.model, cfg, data.meta(), {"history": history, "run": run.__dict__, **meta})
     return run
@@ -114,17 +121,18 @@ def _init_worker(spec_text: str, name: str, data_dir: Any, threads: int) -> None
     _WORKER_DATA = load_spec_data(spec, data_dir)  # moved to a GPU by train() when one is used
 
 
-def _run_in_worker(role: str, cfg: dict[str, Any], out: str, device: str, meta: dict[str, Any]) -> Run:
+def _run_in_worker(role: str, cfg: dict[str, Any], out: str, device: str, meta: dict[str, Any], precision: str) -> Run:
     assert _WORKER_DATA is not None
-    return _run_one(role, TrialConfig.from_dict(cfg), _WORKER_DATA, Path(out), resolve_device(device), meta)
+    return _run_one(role, TrialConfig.from_dict(cfg), _WORKER_DATA, Path(out), resolve_device(device), meta, precision)
 
 
-def rescore(candidates: list[Any], spec: StudySpec, data: Dataset, seeds: int, device: torch.device) -> list[dict[str, Any]]:
+def rescore(candidates: list[Any], spec: StudySpec, data: Dataset, seeds: int, device: torch.device, precision: str) -> list[dict[str, Any]]:
     """Mean validation accuracy of each candidate trial's config on fresh seeds."""
     rows = []
     for t in candidates:
         cfg = config_from_params(t.params, spec)
-        accs = [train(cfg.replace(seed=RESCORE_SEED_BASE + s), data, device=device).history[-1].val_acc for s in range(seeds)]
+        runs = [train(cfg.replace(seed=RESCORE_SEED_BASE + s), data, device=device, precision=precision) for s in range(seeds)]
+        accs = [r.history[-1].val_acc for r in runs]
         rows.append({"trial": t.number, "search_value": t.values[0], "rescored_mean": statistics.fmean(accs), "rescored": accs})
     return rows
 
@@ -139,6 +147,7 @@ def retrain_best(
     baselines: tuple[str, ...] = ("baseline",),
     device: str = "auto",
     workers: int | None = None,
+    precision: str | None = None,
     data_dir: Any = None,
     studies_dir: Path | None = None,
     on_run: Callable[[Run], None] | None = None,
@@ -146,6 +155,7 @@ def retrain_best(
     """Retrain the best trial and the baseline(s) on every seed; return the comparison.
 
     `epochs` defaults to the first baseline's epochs (20 for BASELINE), used for all.
+    `precision` (auto, fp32, bf16) defaults to the study's; every run uses it.
     `workers` runs that many trainings at once in separate processes, each with
     cores / workers threads (default: one per core on a CPU, one on a GPU).
     """
@@ -155,15 +165,18 @@ def retrain_best(
     spec = spec_of(study)
     candidates = best_trials(study, k=top_k)
     dev = resolve_device(device)
+    precision = precision or spec.precision
     data = load_spec_data(spec, data_dir)
     rescored: list[dict[str, Any]] = []
     chosen = candidates[0]
     if top_k > 1:
-        rescored = rescore(candidates, spec, data, seeds, dev)
+        rescored = rescore(candidates, spec, data, seeds, dev, precision)
         number = max(rescored, key=lambda r: r["rescored_mean"])["trial"]
         chosen = next(t for t in candidates if t.number == number)
     best_cfg = config_from_params(chosen.params, spec)
     base_cfgs = {name: named_config(name) for name in baselines}
+    for cfg in (best_cfg, *base_cfgs.values()):
+        resolve_precision(precision, cfg, dev)  # an impossible precision fails before the first run
     budget = epochs or base_cfgs[baselines[0]].epochs
     out = retrain_dir(study_name, studies_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,13 +188,13 @@ def retrain_best(
     runs: list[Run] = []
     if n_workers == 1:
         for role, cfg in jobs:
-            runs.append(_run_one(role, cfg, data, out, dev, meta))
+            runs.append(_run_one(role, cfg, data, out, dev, meta, precision))
             if on_run is not None:
                 on_run(runs[-1])
     else:
         init = (spec.text, spec.name, data_dir, max(1, cores // n_workers))
         with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=init) as pool:
-            futures = [pool.submit(_run_in_worker, role, cfg.to_dict(), str(out), str(dev), meta) for role, cfg in jobs]
+            futures = [pool.submit(_run_in_worker, role, cfg.to_dict(), str(out), str(dev), meta, precision) for role, cfg in jobs]
             for future in as_completed(futures):
                 runs.append(future.result())
                 if on_run is not None:
@@ -202,6 +215,7 @@ def retrain_best(
             "params": int(rows.params.iloc[0]),
             "macs": int(rows.macs.iloc[0]),
             "seconds_per_epoch": float(rows.seconds_per_epoch.median()),
+            "precision": rows.precision.iloc[0],
             "checkpoints": rows.checkpoint.tolist(),
         }
 

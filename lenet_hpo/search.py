@@ -41,7 +41,7 @@ from lenet_hpo.errors import StorageError, StudyError
 from lenet_hpo.model import build_model, count_macs
 from lenet_hpo.space import StudySpec, load_spec, params_for, suggest_config
 from lenet_hpo.storage import DEFAULT_HEARTBEAT, ClaimLock, Heartbeat, mask_url, open_storage
-from lenet_hpo.train import EpochStats, resolve_device, train
+from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
 log = logging.getLogger(__name__)
 # fail_stale_trials and RetryFailedTrialCallback are marked experimental; we rely on them knowingly.
@@ -173,7 +173,9 @@ def make_objective(spec: StudySpec, data: Dataset, device: torch.device, on_star
         model = build_model(cfg, in_channels=data.channels, num_classes=data.num_classes)
         n_params = sum(p.numel() for p in model.parameters())
         macs = count_macs(model, data.channels)
-        for key, value in {"config": cfg.to_dict(), "params": n_params, "macs": macs, "seed": cfg.seed, "device": str(device)}.items():
+        precision = resolve_precision(spec.precision, cfg, device)
+        attrs = {"config": cfg.to_dict(), "params": n_params, "macs": macs, "seed": cfg.seed, "device": str(device), "precision": precision}
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
         history: list[dict[str, float]] = []
 
@@ -187,7 +189,7 @@ def make_objective(spec: StudySpec, data: Dataset, device: torch.device, on_star
                     trial.set_user_attr("outcome", "pruned")
                     raise optuna.TrialPruned(f"pruned after epoch {e.epoch} at validation accuracy {e.val_acc:.4f}")
 
-        result = train(cfg, data, device=device, on_epoch=on_epoch)
+        result = train(cfg, data, device=device, on_epoch=on_epoch, precision=precision)
         if result.outcome == "diverged":
             epoch = len(result.history)
             trial.set_user_attr("outcome", "diverged")
@@ -245,6 +247,7 @@ def run_worker(
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    resolve_precision(spec.precision, spec.base_config(), dev)  # an impossible precision fails before any trial
     data = (data if data is not None else load_spec_data(spec, data_dir)).to(dev)
     storage = open_storage(url, heartbeat=heartbeat)
     study = optuna.load_study(

@@ -13,6 +13,7 @@ A study file:
     train_limit = 0          # 0: all of the training part; N: a stratified subset (smoke runs)
     epochs = 4               # per-trial epoch budget
     train_seed = 0           # weight init and batch order of every trial (common random numbers)
+    precision = "auto"       # fp32, bf16 (autocast), auto: bf16 on a CPU with native bfloat16, else fp32
     objectives = ["val_accuracy"]      # optionally a second: "params" or "macs" (minimised)
 
     [sampler]                # tpe (default), random, qmc, gp, nsgaii; other keys go to its constructor
@@ -44,7 +45,7 @@ from typing import Any
 
 import optuna
 
-from lenet_hpo.config import BASELINE, TrialConfig
+from lenet_hpo.config import BASELINE, PRECISIONS, TrialConfig
 from lenet_hpo.data import DATASETS
 from lenet_hpo.errors import StudyError
 
@@ -55,7 +56,7 @@ SAMPLERS = ("tpe", "random", "qmc", "gp", "nsgaii")
 PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 
 _FIELD_TYPES = {f.name: f.type for f in fields(TrialConfig)}  # "int", "float", "str", "bool"
-_STUDY_KEYS = {"name", "dataset", "val_size", "split_seed", "train_limit", "epochs", "train_seed", "objectives", "description", "resize"}
+_STUDY_KEYS = {"name", "dataset", "val_size", "split_seed", "train_limit", "epochs", "train_seed", "precision", "objectives", "description", "resize"}
 _PARAM_KEYS = {"low", "high", "log", "step", "choices", "when", "off"}
 
 
@@ -110,6 +111,7 @@ class StudySpec:
     resize: str = "pad"
     epochs: int = 4
     train_seed: int = 0
+    precision: str = "auto"  # how trials compute (train.PRECISIONS); each trial records what it used
     objectives: tuple[str, ...] = ("val_accuracy",)
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
@@ -274,6 +276,8 @@ def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text
         _require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), f"study.{key}: expected a non-negative integer, got {v!r}")
     epochs = study.get("epochs", 4)
     _require(epochs >= 1, "study.epochs: must be at least 1")
+    precision = study.get("precision", "auto")
+    _require(precision in PRECISIONS, f"study.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     objectives = tuple(study.get("objectives", ["val_accuracy"]))
     _require(
         objectives[:1] == ("val_accuracy",) and len(objectives) <= 2 and set(objectives) <= set(OBJECTIVES),
@@ -299,6 +303,7 @@ def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text
         resize=study.get("resize", "pad"),
         epochs=epochs,
         train_seed=study.get("train_seed", 0),
+        precision=precision,
         objectives=objectives,
         sampler=sampler,
         pruner=pruner,

@@ -9,6 +9,11 @@ may raise to stop the run (pruning).
 The config chooses the input scaling (`input_norm`), the loss (`loss`: cross-entropy
 or the paper's MAP criterion), the optimizer (including SDLM, whose curvature is
 re-estimated at the start of each pass, in this loop) and the schedule.
+
+`precision` is how the arithmetic runs, not what is trained: "fp32", or "bf16"
+(forward passes under bfloat16 autocast; weights, gradients, optimizer state and
+the loss stay float32), or "auto": bf16 on a CPU that computes bfloat16 natively
+(AVX512-BF16 or AMX), fp32 elsewhere (benchmarks/step_speed.py measures the gain).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet_hpo.classic import map_logits
-from lenet_hpo.config import TrialConfig
+from lenet_hpo.config import PRECISIONS, TrialConfig
 from lenet_hpo.data import Dataset, Split, input_affine, scale_input
 from lenet_hpo.model import build_model, count_params
 from lenet_hpo.sdlm import SDLM
@@ -59,6 +64,7 @@ class TrainResult:
     outcome: str = "completed"  # "completed" or "diverged" (NaN/inf loss)
     seconds: float = 0.0  # whole run, evaluation included
     params: int = 0
+    precision: str = "fp32"  # what the run used: fp32 or bf16
 
     @property
     def final(self) -> EpochStats | None:
@@ -91,6 +97,40 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: a CPU with AVX512-BF16 or AMX.
+
+    CUDA GPUs are left out on purpose: LeNet-sized steps there are bound by kernel
+    launches, which autocast's casts only add to (not measured to help)."""
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(name: str, cfg: TrialConfig, device: torch.device) -> str:
+    """"fp32" or "bf16" for `cfg` on `device`; "auto" picks bf16 where it is native.
+
+    SDLM (the paper's recipe) always runs in fp32: its curvature estimate is float32 work."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision: {name!r} is not one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if native_bf16(device) and cfg.optimizer != "sdlm" else "fp32"
+    if name == "bf16":
+        if cfg.optimizer == "sdlm":
+            raise ValueError("precision: the SDLM optimizer (the paper's recipe) runs in fp32 only; use precision fp32 or auto")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"precision: bf16 autocast is supported on cpu and cuda devices, not {device.type}; use precision fp32 or auto")
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision: this CUDA GPU has no bfloat16; use precision fp32 or auto")
+    return name
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast for precision "bf16" (resolved); disabled for "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -114,15 +154,19 @@ def paper_rate(epoch: int, warmup: bool = False) -> float:
 
 
 def make_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The config's optimizer.  SGD, Adam and AdamW use torch's fused kernels on CPUs and
+    CUDA GPUs (one kernel for all parameters: on the CPU 0.17 ms a step against 0.64 ms
+    for AdamW's default on a tuned model, benchmarks/step_speed.py)."""
+    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
     match cfg.optimizer:
         case "sgd":
             return torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, **fused
             )
         case "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
         case "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
         case "sdlm":
             return SDLM(params, lr=cfg.lr, mu=cfg.sdlm_mu, weight_decay=cfg.weight_decay, curvature=cfg.sdlm_curvature)
     raise ValueError(f"optimizer: unknown {cfg.optimizer!r}")
@@ -175,22 +219,26 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Logits for already-normalised inputs, in batches (default: EVAL_BATCH for the
-    inputs' device); (N, classes)."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None, precision: str = "fp32") -> torch.Tensor:
+    """float32 logits for already-normalised inputs, in batches (default: EVAL_BATCH
+    for the inputs' device); (N, classes).  precision "bf16" (resolved) runs the
+    forward passes under bfloat16 autocast, as training did."""
     batch_size = batch_size or EVAL_BATCH.get(x.device.type, EVAL_BATCH_DEFAULT)
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        with autocast(precision, x.device):
+            return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 
 
-def evaluate_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = F.cross_entropy) -> tuple[float, float]:
+def evaluate_tensors(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = F.cross_entropy, *, precision: str = "fp32"
+) -> tuple[float, float]:
     """(mean loss, accuracy) on normalised inputs; cross-entropy unless `loss` is given."""
-    logits = predict_logits(model, x)
-    loss_value = loss(logits.float(), y).item()
+    logits = predict_logits(model, x, precision=precision)
+    loss_value = loss(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return loss_value, acc
 
@@ -217,14 +265,17 @@ def train(
     device: str | torch.device | None = None,
     on_epoch: OnEpoch | None = None,
     final: bool = False,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Train `cfg` on `data` and return the model and its per-epoch history.
 
     final=False (search): fit on `data.train`, evaluate each epoch on `data.val`.
     final=True (retrain-best, baseline): fit on train + val, evaluate on `data.test`.
+    precision: "fp32", "bf16" or "auto" (see the module docstring and `resolve_precision`).
     """
     start = time.perf_counter()
     dev = resolve_device(device)
+    prec = resolve_precision(precision, cfg, dev)
     fit = data.full_train() if final else data.train
     held_out = data.test if final else data.val
     # The fit split stays uint8 on the device (a quarter of float32's memory) and each
@@ -237,7 +288,7 @@ def train(
     model = build_model(cfg, in_channels=data.channels, num_classes=data.num_classes).to(dev)
     # NHWC activations: about 1.6x faster convolutions on CPU (oneDNN), fine on CUDA.
     model = model.to(memory_format=torch.channels_last)
-    result = TrainResult(model=model, params=count_params(model))
+    result = TrainResult(model=model, params=count_params(model), precision=prec)
     opt = make_optimizer(cfg, list(model.parameters()))
     criterion = make_loss(cfg)
     n = len(y_fit)
@@ -264,7 +315,8 @@ def train(
         for step, i in enumerate(range(0, n, cfg.batch_size)):
             xb = (xs[i : i + cfg.batch_size].to(torch.float32) - shift) * scale
             yb = ys[i : i + cfg.batch_size]
-            logits = model(xb)
+            with autocast(prec, dev):
+                logits = model(xb).float()
             loss = criterion(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -284,7 +336,7 @@ def train(
             nan = float("nan")
             result.history.append(EpochStats(epoch, nan, nan, nan, nan, seconds, opt.param_groups[0]["lr"]))
             break
-        val_loss, val_acc = evaluate_tensors(model, x_eval, y_eval, criterion)
+        val_loss, val_acc = evaluate_tensors(model, x_eval, y_eval, criterion, precision=prec)
         stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,

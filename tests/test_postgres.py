@@ -57,9 +57,10 @@ def test_eight_workers_end_with_exactly_n_consistent_trials(postgres_url, tmp_pa
     assert figures["failed"] == summary.n_failed == 0 and summary.workers == 8
     trials = watch.trials()
     assert_consistent(trials, study)
-    # Re-evaluate here: the best trial's params, trained again, give its value.
+    # Re-evaluate here: the best trial's params, trained again in its precision, give its value.
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    result = train(config_from_params(best.params, spec), load_spec_data(spec), device=torch.device("cpu"))
+    cfg = config_from_params(best.params, spec)
+    result = train(cfg, load_spec_data(spec), device=torch.device("cpu"), precision=best.user_attrs["precision"])
     assert result.history[-1].val_acc == best.value
     record("8 workers, one study", workers=8, seconds=round(seconds), **figures)
 

@@ -13,8 +13,9 @@ from lenet_hpo.config import BASELINE
 from lenet_hpo.errors import StudyError
 from lenet_hpo.report import build_report, config_table
 from lenet_hpo.retrain import retrain_best
-from lenet_hpo.search import run_search
+from lenet_hpo.search import load_spec_data, run_search
 from lenet_hpo.space import load_spec
+from lenet_hpo.train import resolve_precision
 
 STUDY = """
 [study]
@@ -69,6 +70,8 @@ def test_retrain_best_is_fair_and_complete(retrained):
             ck = load_checkpoint(path)
             assert ck.config.seed == seed and ck.data["n_train"] + ck.data["n_val"] == 2000  # fitted on train + val
             assert ck.extra["history"][-1]["val_acc"] == pytest.approx(block["test_accuracy"][seed])
+    expected = resolve_precision("auto", BASELINE, torch.device("cpu"))  # the study's default precision
+    assert r["best"]["precision"] == r["baseline"]["precision"] == expected
     d = r["difference"]
     assert d["test"] == "paired t-test" and 0 <= d["p_value"] <= 1 and d["verdict"]
     assert (root / "studies" / "s" / "retrain" / "results.csv").read_text().count("\n") == 7
@@ -84,6 +87,29 @@ def test_rerun_skips_runs_already_done(retrained, monkeypatch):
     monkeypatch.setattr(R, "train", boom)
     again = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=1, studies_dir=root / "studies")
     assert again["best"]["test_accuracy"] == first["best"]["test_accuracy"]
+
+
+def test_a_run_done_in_another_precision_is_trained_again(retrained, tmp_path, monkeypatch):
+    root, url, first = retrained
+    import lenet_hpo.retrain as R
+
+    done = first["best"]["precision"]
+    other = "fp32" if done == "bf16" else "bf16"
+    shutil.copy(first["best"]["checkpoints"][0], tmp_path / "best-seed0.pt")
+    ck = load_checkpoint(tmp_path / "best-seed0.pt")
+    data = load_spec_data(load_spec(str(root / "s.toml")))
+
+    class Trained(Exception):
+        pass
+
+    def refuse(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(R, "train", refuse)
+    run = R._run_one("best", ck.config, data, tmp_path, torch.device("cpu"), {}, done)  # the same precision: reused
+    assert run.precision == done and run.test_accuracy == first["best"]["test_accuracy"][0]
+    with pytest.raises(Trained):
+        R._run_one("best", ck.config, data, tmp_path, torch.device("cpu"), {}, other)
 
 
 def test_top_k_rescoring_on_validation(searched, tmp_path):

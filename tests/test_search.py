@@ -6,13 +6,16 @@ import urllib.request
 
 import optuna
 import pytest
+import torch
 from fleet import free_port
 from optuna.trial import TrialState
 
 from lenet_hpo.cli import main
+from lenet_hpo.config import TrialConfig
 from lenet_hpo.errors import StudyError
-from lenet_hpo.search import run_search
+from lenet_hpo.search import load_spec_data, run_search
 from lenet_hpo.space import load_spec
+from lenet_hpo.train import resolve_precision, train
 
 STUDY = """
 [study]
@@ -66,6 +69,7 @@ def test_search_completes_and_records_attrs(study_file, tmp_path):
     t = study.best_trial
     assert {"params", "macs", "seconds_per_epoch", "history", "seed", "device", "config"} <= set(t.user_attrs)
     assert len(t.user_attrs["history"]) == 2 and t.user_attrs["device"] == "cpu"
+    assert t.user_attrs["precision"] == resolve_precision("auto", spec.base_config(), torch.device("cpu"))  # the default
     attrs = study.user_attrs
     assert attrs["data"]["n_val"] == 400 and attrs["data"]["split_seed"] == 0 and attrs["data"]["checksum"]
     assert attrs["study_file"] == spec.text and "torch" in attrs["versions"]
@@ -113,7 +117,8 @@ def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_pa
     assert all(len(t.user_attrs["history"]) == 1 for t in study.trials)  # stopped after epoch 1
 
     nan = tmp_path / "nan.toml"
-    nan.write_text('[study]\ndataset = "synthetic"\nval_size = 400\nepochs = 20\n[pruner]\nname = "none"\n'
+    # fp32: the same rate in bf16 ends at chance with a large but finite loss instead
+    nan.write_text('[study]\ndataset = "synthetic"\nval_size = 400\nepochs = 20\nprecision = "fp32"\n[pruner]\nname = "none"\n'
                    '[fixed]\nactivation = "relu"\nmomentum = 0.99\n[space]\nlr = { low = 10.0, high = 10.0 }\n')
     summary = run_search(load_spec(str(nan)), f"sqlite:///{tmp_path / 'nan.db'}", 2, workers=1, threads=1, device="cpu", progress=False)
     assert summary.n_pruned == 2
@@ -209,3 +214,17 @@ def test_parallel_workers_give_the_same_trials_as_one_at_a_time(study_file, tmp_
     for (p1, v1, l1), (p2, v2, l2) in zip(results[1], results[2], strict=True):
         assert p1 == p2
         assert v1 == pytest.approx(v2, abs=1e-6) and l1 == pytest.approx(l2, rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_trial_computes_in_the_study_precision_as_train_would(precision, study_file, tmp_path):
+    path = study_file()
+    path.write_text(path.read_text().replace("epochs = 2", f'epochs = 2\nprecision = "{precision}"'))
+    spec = load_spec(str(path))
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    run_search(spec, url, 1, workers=1, threads=1, device="cpu", progress=False)
+    (t,) = optuna.load_study(study_name="t", storage=url).trials
+    assert t.user_attrs["precision"] == precision
+    alone = train(TrialConfig.from_dict(t.user_attrs["config"]), load_spec_data(spec), device="cpu", precision=precision)
+    assert t.value == alone.history[-1].val_acc
+    assert t.user_attrs["history"][-1]["val_loss"] == alone.history[-1].val_loss

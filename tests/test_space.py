@@ -77,6 +77,7 @@ def test_params_for_rejects_configs_outside_the_space():
         ({"study": {"colour": 1}}, "unknown key study.colour"),
         ({"study": {"dataset": "svhn"}}, "study.dataset"),
         ({"study": {"epochs": 0}}, "study.epochs"),
+        ({"study": {"precision": "fp16"}}, "study.precision: 'fp16' is not one of auto, fp32, bf16"),
         ({"study": {"objectives": ["loss"]}}, "study.objectives"),
         ({"space": {"width": {"low": 1, "high": 2}}}, "unknown key space.width"),
         ({"space": {"c1": {"low": 8, "high": 4}}}, "low 8 is above high 4"),

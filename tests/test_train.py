@@ -1,12 +1,14 @@
 import math
+import re
 
 import pytest
 import torch
 
+import lenet_hpo.train as train_module
 from lenet_hpo.checkpoint import load_checkpoint, save_checkpoint
-from lenet_hpo.config import BASELINE
+from lenet_hpo.config import BASELINE, CLASSIC
 from lenet_hpo.errors import CheckpointError
-from lenet_hpo.train import evaluate, resolve_device, train
+from lenet_hpo.train import evaluate, resolve_device, resolve_precision, train
 
 FAST = BASELINE.replace(activation="relu", pooling="max", optimizer="adam", lr=3e-3, batch_size=64, epochs=3)
 
@@ -130,3 +132,71 @@ def test_random_shift_translates_whole_images_with_blank_fill():
 def test_augmented_training_learns(synthetic):
     result = train(FAST.replace(augment=2), synthetic, device="cpu")
     assert result.history[-1].val_acc > 0.8
+
+
+# --- precision ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """Pretend the CPU does (True) or does not (False) compute bfloat16 natively."""
+
+    def set_native(native: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+    return set_native
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_and_never_for_sdlm(bf16_cpu):
+    cpu = torch.device("cpu")
+    bf16_cpu(True)
+    assert resolve_precision("auto", BASELINE, cpu) == "bf16"
+    assert resolve_precision("auto", CLASSIC, cpu) == "fp32"  # SDLM: fp32 only
+    assert resolve_precision("auto", BASELINE, torch.device("cuda")) == "fp32"  # launch-bound there: not measured to help
+    assert resolve_precision("fp32", BASELINE, cpu) == "fp32"
+    bf16_cpu(False)
+    assert resolve_precision("auto", BASELINE, cpu) == "fp32"
+    assert resolve_precision("bf16", BASELINE, cpu) == "bf16"  # asked for explicitly: emulated, but honoured
+
+
+@pytest.mark.parametrize(
+    ("name", "cfg", "device", "message"),
+    [
+        ("fp16", BASELINE, "cpu", "'fp16' is not one of auto, fp32, bf16"),
+        ("bf16", CLASSIC, "cpu", "SDLM optimizer (the paper's recipe) runs in fp32 only; use precision fp32 or auto"),
+        ("bf16", BASELINE, "mps", "supported on cpu and cuda devices, not mps; use precision fp32 or auto"),
+    ],
+)
+def test_impossible_precision_is_refused_with_what_to_use(name, cfg, device, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_precision(name, cfg, torch.device(device))
+
+
+def test_bf16_runs_forward_passes_in_bfloat16_and_keeps_float32_weights(synthetic):
+    dtypes: list[torch.dtype] = []
+    real_build = train_module.build_model
+
+    def build_and_watch(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.features[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        return model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "build_model", build_and_watch)
+        result = train(FAST.replace(epochs=1), synthetic, device="cpu", precision="bf16")
+    steps = math.ceil(len(synthetic.train) / FAST.batch_size)
+    assert result.precision == "bf16"
+    assert len(dtypes) > steps and set(dtypes) == {torch.bfloat16}  # training and evaluation alike
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert math.isfinite(result.history[0].val_loss)
+
+
+def test_bf16_learns_as_well_as_fp32(synthetic):
+    fp32 = train(FAST, synthetic, device="cpu", precision="fp32")
+    bf16 = train(FAST, synthetic, device="cpu", precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert bf16.history[0].train_loss != fp32.history[0].train_loss  # the arithmetic did change
+    assert bf16.history[-1].val_acc > 0.9
+    assert abs(bf16.history[-1].val_acc - fp32.history[-1].val_acc) < 0.03
+    assert bf16.history[-1].train_loss == pytest.approx(fp32.history[-1].train_loss, rel=0.3, abs=0.02)
