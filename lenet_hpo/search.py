@@ -178,6 +178,9 @@ def make_objective(spec: StudySpec, data: Dataset, device: torch.device, on_star
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         history: list[dict[str, float]] = []
+        # The enqueued baseline is the study's reference point: it is reported like any
+        # trial but never pruned, so the study shows where it stands after the full budget.
+        reference = trial.user_attrs.get("role") == "baseline"
 
         def on_epoch(e: EpochStats) -> None:
             history.append(e.to_dict())
@@ -185,7 +188,7 @@ def make_objective(spec: StudySpec, data: Dataset, device: torch.device, on_star
             trial.set_user_attr("seconds_per_epoch", sum(h["seconds"] for h in history) / len(history))
             if not spec.multi_objective:
                 trial.report(e.val_acc, e.epoch)
-                if trial.should_prune():
+                if not reference and trial.should_prune():
                     trial.set_user_attr("outcome", "pruned")
                     raise optuna.TrialPruned(f"pruned after epoch {e.epoch} at validation accuracy {e.val_acc:.4f}")
 

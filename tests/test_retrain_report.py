@@ -140,10 +140,12 @@ def test_clear_errors(searched, tmp_path, capsys):
 def test_retrain_cli_json(searched, tmp_path, monkeypatch, capsys):
     root, url = searched
     monkeypatch.chdir(tmp_path)
-    assert main(["retrain-best", "--study", "s", "--storage", url, "--seeds", "2", "--epochs", "1", "--device", "cpu", "--workers", "1", "--json"]) == 0
+    argv = ["retrain-best", "--study", "s", "--storage", url, "--seeds", "2", "--epochs", "1", "--device", "cpu", "--workers", "1"]
+    assert main([*argv, "--precision", "fp32", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     for role in ("best", "baseline"):
         assert {"config", "test_accuracy", "mean", "std", "ci95"} <= set(out[role])
+        assert out[role]["precision"] == "fp32"  # --precision wins over the study's auto
     assert {"ci95", "p_value", "test", "verdict"} <= set(out["difference"])
     assert (tmp_path / "studies" / "s" / "retrain" / "best-seed1.pt").exists()
 
@@ -168,6 +170,8 @@ def test_report_html_opens_offline_without_js_errors(retrained, tmp_path):
     md = files.markdown.read_text()
     assert "**Verdict:**" in md and "| best |" in md and "| baseline |" in md
     assert "| setting | best | baseline |" in md and "The same for all: " in md
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert "| precision |" in header and f"| {retrained[2]['best']['precision']} |" in md
     exe = chromium()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000"]

@@ -75,13 +75,19 @@ def test_search_completes_and_records_attrs(study_file, tmp_path):
     assert attrs["study_file"] == spec.text and "torch" in attrs["versions"]
 
 
-def test_baseline_is_enqueued_first_when_in_the_space(tmp_path, monkeypatch):
+def test_baseline_is_enqueued_first_when_in_the_space_and_never_pruned(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "b.toml"
-    path.write_text('[study]\ndataset = "synthetic"\nval_size = 400\nepochs = 1\n[pruner]\nname = "none"\n[space]\nc1 = { low = 4, high = 8 }\n')
-    run_search(load_spec(str(path)), f"sqlite:///{tmp_path / 'b.db'}", 2, workers=1, threads=1, device="cpu", progress=False)
-    first = optuna.load_study(study_name="b", storage=f"sqlite:///{tmp_path / 'b.db'}").trials[0]
+    # a pruner that stops every trial after its first epoch, except the reference
+    path.write_text('[study]\ndataset = "synthetic"\nval_size = 400\nepochs = 2\n[pruner]\nname = "threshold"\nlower = 0.999\n'
+                    '[space]\nc1 = { low = 4, high = 8 }\n')
+    summary = run_search(load_spec(str(path)), f"sqlite:///{tmp_path / 'b.db'}", 2, workers=1, threads=1, device="cpu", progress=False)
+    first, second = optuna.load_study(study_name="b", storage=f"sqlite:///{tmp_path / 'b.db'}").trials
     assert first.user_attrs["role"] == "baseline" and first.params == {"c1": 6}
+    assert first.state == TrialState.COMPLETE and len(first.user_attrs["history"]) == 2
+    assert first.intermediate_values.keys() == {1, 2}  # reported like any trial
+    assert second.state == TrialState.PRUNED and len(second.user_attrs["history"]) == 1
+    assert summary.baseline_value == first.value
 
 
 def test_rerun_resumes_to_exactly_the_total(study_file, tmp_path):
