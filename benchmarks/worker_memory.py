@@ -3,7 +3,8 @@
     python benchmarks/worker_memory.py
 
 Loads MNIST as a worker does and trains the largest config of the default study's
-space for one epoch with augmentation, then prints the peak resident set size
+space for one epoch with augmentation, in the study's precision (auto: bf16 where
+the CPU has it), then prints the peak resident set size
 (which includes about 0.7 GB of shared torch libraries) and the unique memory.
 """
 
@@ -32,13 +33,14 @@ def uss_mb() -> float:
 def main() -> None:
     torch.set_num_threads(1)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    data = load_spec_data(load_spec("mnist"))
+    spec = load_spec("mnist")
+    data = load_spec_data(spec)
     big = TrialConfig(c1=16, c3=48, f5=256, f6=192, activation="relu", pooling="max", batch_norm=True, dropout=0.2,
                       optimizer="adam", lr=2e-3, batch_size=64, epochs=1, augment=2)
-    train(big, data, device="cpu")
+    result = train(big, data, device="cpu", precision=spec.precision)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"after imports: {base:.0f} MB RSS")
-    print(f"peak RSS of a worker (largest config, 1 epoch, augment 2): {peak:.0f} MB (target <= 1536 MB)")
+    print(f"peak RSS of a worker (largest config, 1 epoch, augment 2, {result.precision}): {peak:.0f} MB (target <= 1536 MB)")
     print(f"unique memory now: {uss_mb():.0f} MB")
 
 
