@@ -37,6 +37,8 @@ def main() -> None:
         ap.error(f"--keep: {args.keep} exists; give a new file so the benchmark starts from an empty study")
     with tempfile.TemporaryDirectory() as tmp:
         if args.precision is not None:  # a copy of the study file with [study] precision set (workers read the file)
+            if "[study]\n" not in spec.text:
+                ap.error(f"--precision: {spec.path} has no [study] table to set precision in")
             text = re.sub(r"^precision\s*=.*\n", "", spec.text, flags=re.MULTILINE)
             copy = Path(tmp) / f"{spec.name}.toml"
             copy.write_text(text.replace("[study]\n", f'[study]\nprecision = "{args.precision}"\n', 1))

@@ -83,11 +83,11 @@ def main() -> None:
             print(f"{name:8s} batch {batch:3d}: s/epoch fp32 {fp32:6.2f} | bf16 {bf16:6.2f} | ratio {fp32 / bf16:.2f}x")
 
     for kind in ("sgd", "adam", "adamw"):
-        runs: dict[bool, list[float]] = {False: [], True: []}
+        step_ms: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(5):
-            for fused in runs:
-                runs[fused].append(optimizer_step_ms(kind, fused))
-        default, fused_ms = statistics.median(runs[False]), statistics.median(runs[True])
+            for fused in step_ms:
+                step_ms[fused].append(optimizer_step_ms(kind, fused))
+        default, fused_ms = statistics.median(step_ms[False]), statistics.median(step_ms[True])
         print(f"{kind:5s} step: default (foreach) {default:.3f} ms | fused {fused_ms:.3f} ms | ratio {default / fused_ms:.2f}x")
 
     if args.seeds:
