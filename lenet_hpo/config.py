@@ -238,6 +238,8 @@ BASELINE = TrialConfig()
 # departures (docs/classic.md): one update per batch of 16 patterns instead of per
 # pattern, and pass 1 at a fifth of the table's rate (at the full rate training
 # diverges from the +-2.4/F_i start, per pattern as in every batching tried).
+# Per-pattern updates train at a tenth of the table's rates, but score no better on
+# the test split and cost 7-8 times as much (benchmarks/classic_batching.py).
 CLASSIC = TrialConfig(
     architecture="classic",
     **CLASSIC_PARTS,
