@@ -1,8 +1,9 @@
 """What a faithful per-pattern SDLM update costs: CLASSIC's pass at batch 1, 4 and 16.
 
 One pass of `train()` over `--samples` MNIST training images with the `CLASSIC`
-recipe at each batch size in turn, interleaved, median of `--repeats` after a warm-up round; separately
-the h_kk estimate on 500 patterns that starts every pass (`SDLM.update_curvature`).
+recipe at each batch size in turn, interleaved, median of `--repeats` after a
+warm-up round; separately, the h_kk estimate on 500 patterns that starts every pass
+(`SDLM.update_curvature`).
 Prints the update cost per pattern (the pass less its h_kk estimate), what a
 60,000-image pass and a 20-pass run cost at that rate, and the ratio to batch 16.
 
