@@ -3,8 +3,7 @@
 One pass of `train()` over `--samples` MNIST training images with the `CLASSIC`
 recipe at each batch size in turn, interleaved, median of `--repeats` after a
 warm-up round; separately, the h_kk estimate on 500 patterns that starts every pass
-(`SDLM.update_curvature`).
-Prints the update cost per pattern (the pass less its h_kk estimate), what a
+(`SDLM.update_curvature`).  Prints the update cost per pattern (the pass less its h_kk estimate), what a
 60,000-image pass and a 20-pass run cost at that rate, and the ratio to batch 16.
 
     python benchmarks/classic_batching.py [--samples 6000] [--repeats 3] [--threads 1] [--curvature paper]
@@ -52,15 +51,15 @@ def main() -> None:
     curvature: list[float] = []
     for r in range(args.repeats + 1):  # round 0 warms up (allocator, oneDNN kernels) and is not counted
         c = curvature_seconds(cfg, data)
-        s = {b: train(cfg.replace(batch_size=b), data, device="cpu").history[0].seconds for b in BATCHES}
+        round_s = {b: train(cfg.replace(batch_size=b), data, device="cpu").history[0].seconds for b in BATCHES}
         if r:
             curvature.append(c)
             for b in BATCHES:
-                seconds[b].append(s[b])
+                seconds[b].append(round_s[b])
     curv = statistics.median(curvature)
     per = {b: (statistics.median(seconds[b]) - curv) / n for b in BATCHES}
     print(f"threads={args.threads} samples={n} repeats={args.repeats}")
-    print(f"h_kk estimate ({args.curvature}, {cfg.sdlm_samples} patterns, once a pass): {curv:.2f} s")
+    print(f"h_kk estimate ({args.curvature}, {min(n, cfg.sdlm_samples)} patterns, once a pass): {curv:.2f} s")
     for b in BATCHES:
         pass_s = curv + per[b] * 60_000
         print(
