@@ -6,7 +6,7 @@ warm-up round; separately, the h_kk estimate on 500 patterns that starts every p
 (`SDLM.update_curvature`).  Prints the update cost per pattern (the pass less its h_kk estimate), what a
 60,000-image pass and a 20-pass run cost at that rate, and the ratio to batch 16.
 
-    python benchmarks/classic_batching.py [--samples 6000] [--repeats 3] [--threads 1] [--curvature paper]
+    python benchmarks/classic_batching.py [--samples 6000] [--repeats 3] [--threads 1] [--curvature gauss_newton]
 """
 
 from __future__ import annotations
