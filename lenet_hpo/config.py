@@ -233,17 +233,14 @@ BASELINE = TrialConfig()
 
 # The paper's LeNet-5 and its training recipe: 60,000 parameters, MAP loss, SDLM
 # with the paper's own h_kk (mu 0.02, on 500 patterns per pass) and the 20-pass rate
-# table.  The paper gives no j for its MAP loss; j = 3 fits better than 0.1 and beat
-# it on the validation split with either h_kk (docs/classic.md says how it was
-# chosen).  Measured, seeds 0-4: 0.93% mean MNIST test error (j = 0.1: 1.03%; the
-# Gauss-Newton h_kk, sdlm_curvature = "gauss_newton": 1.00% with j = 3, 1.07% with
-# j = 0.1).  The paper's h_kk diverges on the tests' noisy synthetic data, where
-# the Gauss-Newton one trains.  Two measured departures
-# (docs/classic.md): one update per batch of 16 patterns instead of per pattern, and
-# pass 1 at a fifth of the table's rate (at the full rate training diverges from the
-# +-2.4/F_i start, per pattern as in every batching tried).  Per-pattern updates
-# train at a tenth of the table's rates, but score no better on the test split and
-# cost 7-8 times as much (benchmarks/classic_batching.py).
+# table; 0.93% mean MNIST test error over seeds 0-4.  The paper gives no j for its MAP
+# loss: 3 fits better than 0.1 and beat it on the validation split.  Two measured
+# departures: one update per batch of 16 patterns instead of per pattern (per-pattern
+# updates only train at a tenth of the table's rates, score no better and cost 7-8
+# times as much), and pass 1 at a fifth of the table's rate (at the full rate
+# training diverges from the +-2.4/F_i start).  The paper's h_kk diverges on the
+# tests' noisy synthetic data, where sdlm_curvature = "gauss_newton" trains.  All
+# measurements, and how j was chosen: docs/classic.md.
 CLASSIC = TrialConfig(
     architecture="classic",
     **CLASSIC_PARTS,
