@@ -41,7 +41,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x = torch.randn(10_000, 1, 32, 32)
     print(
-        f"torch {torch.__version__}, {args.threads} thread(s); default batch on cpu: {EVAL_BATCH.get('cpu', EVAL_BATCH_DEFAULT)}"
+        f"torch {torch.__version__}, {args.threads} thread(s); default batch on cpu:"
+        f" {EVAL_BATCH.get('cpu', EVAL_BATCH_DEFAULT)}"
     )
     for name, cfg in (("baseline", BASELINE), ("tuned", TUNED)):
         # interleave the batch sizes so drifts in machine speed hit them alike

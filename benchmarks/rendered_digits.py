@@ -81,7 +81,14 @@ def render_digit(digit: int, font: Path | None, v: Variation, canvas: int = CANV
     draw = ImageDraw.Draw(mask)
     left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=face, stroke_width=v.stroke)
     cx, cy = canvas / 2 + v.dx, canvas / 2 + v.dy
-    draw.text((cx - (left + right) / 2, cy - (top + bottom) / 2), str(digit), fill=255, font=face, stroke_width=v.stroke, stroke_fill=255)
+    draw.text(
+        (cx - (left + right) / 2, cy - (top + bottom) / 2),
+        str(digit),
+        fill=255,
+        font=face,
+        stroke_width=v.stroke,
+        stroke_fill=255,
+    )
     mask = mask.rotate(v.angle, resample=Image.Resampling.BICUBIC, center=(cx, cy))
     return Image.composite(Image.new("RGB", mask.size, v.ink), Image.new("RGB", mask.size, v.paper), mask)
 
@@ -168,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint of an MNIST model")
     parser.add_argument("-n", type=int, default=300, help="how many digits to render (default: 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of fonts and variations (default: 0)")
-    parser.add_argument("--out", type=Path, default=None, help="keep the PNG files here (default: a temporary directory)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="keep the PNG files here (default: a temporary directory)"
+    )
     args = parser.parse_args(argv)
     fonts = find_fonts()
     samples = sample_digits(args.n, fonts, args.seed)

@@ -1,6 +1,7 @@
 """Wall time and result of the default search, from an empty study.
 
-    python benchmarks/search_wall_time.py [--study mnist] [--trials 50] [--workers W] [--threads T] [--precision P] [--keep FILE.db]
+    python benchmarks/search_wall_time.py [--study mnist] [--trials 50] [--workers W] [--threads T]
+                                          [--precision P] [--keep FILE.db]
 
 Runs the study on a fresh SQLite file in a temp dir, or in a new file given with
 --keep (the real studies/ is not touched), and prints wall time, best validation
@@ -44,8 +45,13 @@ def main() -> None:
             copy.write_text(text.replace("[study]\n", f'[study]\nprecision = "{args.precision}"\n', 1))
             spec = load_spec(str(copy))
         url = f"sqlite:///{args.keep.resolve() if args.keep else Path(tmp) / 'bench.db'}"
-        s = run_search(spec, url, args.trials, workers=args.workers, threads=args.threads, device=args.device, progress=True)
-    print(f"study={spec.name} trials={args.trials} workers={s.workers} threads/worker={s.threads_per_worker} cores={os.cpu_count()} precision={spec.precision}")
+        s = run_search(
+            spec, url, args.trials, workers=args.workers, threads=args.threads, device=args.device, progress=True
+        )
+    print(
+        f"study={spec.name} trials={args.trials} workers={s.workers} threads/worker={s.threads_per_worker}"
+        f" cores={os.cpu_count()} precision={spec.precision}"
+    )
     print(f"wall time      : {s.seconds:.0f} s ({s.seconds / 60:.1f} min)")
     print(f"best val acc   : {s.best_value:.4f} (trial {s.best_number})")
     print(f"baseline trial : {s.baseline_value}")

@@ -32,11 +32,11 @@ from lenet_hpo.model import build_model
 from lenet_hpo.train import native_bf16, train
 
 EPOCH = 50_000
-TUNED = BASELINE.replace(
-    c1=9, c3=33, f5=81, f6=45, activation="gelu", pooling="max", batch_norm=True, dropout=0.16,
-    optimizer="adamw", lr=2e-3, schedule="cosine",
-)  # fmt: skip
-LARGEST = BASELINE.replace(c1=16, c3=48, f5=256, f6=192, activation="relu", pooling="max", batch_norm=True, optimizer="adamw", lr=1e-3)
+TUNED = BASELINE.replace(c1=9, c3=33, f5=81, f6=45, activation="gelu", pooling="max", batch_norm=True)
+TUNED = TUNED.replace(dropout=0.16, optimizer="adamw", lr=2e-3, schedule="cosine")
+LARGEST = BASELINE.replace(
+    c1=16, c3=48, f5=256, f6=192, activation="relu", pooling="max", batch_norm=True, optimizer="adamw", lr=1e-3
+)
 MODELS = {"baseline": BASELINE, "tuned": TUNED, "largest": LARGEST}
 
 
@@ -69,7 +69,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=12_800, help="images per timed epoch (default: 12,800)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=2, help="seeds of the accuracy comparison; 0 skips it (default: 2)")
-    ap.add_argument("--epochs", type=int, default=5, help="epochs of the accuracy comparison (default: 5, the study's budget)")
+    ap.add_argument(
+        "--epochs", type=int, default=5, help="epochs of the accuracy comparison (default: 5, the study's budget)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}; native bfloat16 on this CPU: {native_bf16(torch.device('cpu'))}; 1 thread")
@@ -88,15 +90,26 @@ def main() -> None:
             for fused in step_ms:
                 step_ms[fused].append(optimizer_step_ms(kind, fused))
         default, fused_ms = statistics.median(step_ms[False]), statistics.median(step_ms[True])
-        print(f"{kind:5s} step: default (foreach) {default:.3f} ms | fused {fused_ms:.3f} ms | ratio {default / fused_ms:.2f}x")
+        print(
+            f"{kind:5s} step: default (foreach) {default:.3f} ms | fused {fused_ms:.3f} ms | ratio"
+            f" {default / fused_ms:.2f}x"
+        )
 
     if args.seeds:
         data = load_data("mnist")
         diffs = []
         for seed in range(args.seeds):
-            acc = {p: train(TUNED.replace(epochs=args.epochs, seed=seed), data, device="cpu", precision=p).history[-1].val_acc for p in ("fp32", "bf16")}
+            acc = {
+                p: train(TUNED.replace(epochs=args.epochs, seed=seed), data, device="cpu", precision=p)
+                .history[-1]
+                .eval_acc
+                for p in ("fp32", "bf16")
+            }
             diffs.append(acc["bf16"] - acc["fp32"])
-            print(f"tuned, {args.epochs} epochs, seed {seed}: validation accuracy fp32 {acc['fp32']:.4f} | bf16 {acc['bf16']:.4f}")
+            print(
+                f"tuned, {args.epochs} epochs, seed {seed}: validation accuracy fp32 {acc['fp32']:.4f} | bf16"
+                f" {acc['bf16']:.4f}"
+            )
         print(f"mean difference bf16 - fp32: {100 * statistics.fmean(diffs):+.2f} points over {args.seeds} seeds")
 
 

@@ -85,8 +85,13 @@ def main() -> None:
     seed_all = med(seed_pipeline_rate(raw, args.samples, 64) for _ in range(args.repeats))
     ours_all = med(ours_whole_machine(args.samples, 64, w, t) for _ in range(args.repeats))
     print(f"machine: {cores} cores, torch {torch.__version__}; best layout {w} process(es) x {t} thread(s)")
-    print(f"1 process, 1 thread, batch 64 : seed {seed1:8.0f} samples/s | ours {ours1:8.0f} | ratio {ours1 / seed1:.2f}x")
-    print(f"whole machine, batch 64       : seed {seed_all:8.0f} samples/s | ours {ours_all:8.0f} | ratio {ours_all / seed_all:.2f}x")
+    print(
+        f"1 process, 1 thread, batch 64 : seed {seed1:8.0f} samples/s | ours {ours1:8.0f} | ratio {ours1 / seed1:.2f}x"
+    )
+    print(
+        f"whole machine, batch 64       : seed {seed_all:8.0f} samples/s | ours {ours_all:8.0f} | ratio"
+        f" {ours_all / seed_all:.2f}x"
+    )
 
     batches = [64, 128, 256, 512]
     rates = {b: med(ours_whole_machine(args.samples, b, w, t) for _ in range(args.repeats)) for b in batches}
@@ -95,10 +100,16 @@ def main() -> None:
     train_flops = 3 * 2 * count_macs(model)  # forward + backward (~2x forward) per sample
     peak = matmul_gflops(cores)
     floor = EPOCH * train_flops / (peak * 1e9)
-    print(f"training FLOPs per sample: {train_flops / 1e6:.2f} M; matmul peak {peak:.0f} GFLOP/s; epoch floor {floor:.3f} s")
+    print(
+        f"training FLOPs per sample: {train_flops / 1e6:.2f} M; matmul peak {peak:.0f} GFLOP/s; epoch floor"
+        f" {floor:.3f} s"
+    )
     for b in (64, best_b):
         sec = EPOCH / rates[b]
-        print(f"epoch of 60k at batch {b:3d}: {sec:6.2f} s = {sec / floor:6.1f}x the FLOP floor ({rates[b]:.0f} samples/s)")
+        print(
+            f"epoch of 60k at batch {b:3d}: {sec:6.2f} s = {sec / floor:6.1f}x the FLOP floor ({rates[b]:.0f}"
+            f" samples/s)"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from lenet_hpo.config import TrialConfig
-from lenet_hpo.data import atomic_torch_save
 from lenet_hpo.errors import CheckpointError
+from lenet_hpo.files import atomic_torch_save
 from lenet_hpo.model import build_model
 
 FORMAT = 1
@@ -31,24 +31,13 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    config: TrialConfig,
-    data: dict[str, Any],
-    extra: dict[str, Any] | None = None,
+    path: str | Path, model: nn.Module, config: TrialConfig, data: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> Path:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(
-        {
-            "format": FORMAT,
-            "config": config.to_dict(),
-            "data": data,
-            "extra": extra or {},
-            "state_dict": state,
-        },
-        path,
+        {"format": FORMAT, "config": config.to_dict(), "data": data, "extra": extra or {}, "state_dict": state}, path
     )
     return path
 
@@ -77,7 +66,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         data = blob["data"]
         model = build_model(config, in_channels=int(data["channels"]), num_classes=len(data["classes"]))
         model.load_state_dict(blob["state_dict"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError) as exc:  # ValueError: ConfigError among others
         raise CheckpointError(f"{path}: checkpoint does not rebuild ({exc})") from None
     model.to(device).eval()
     return Checkpoint(model=model, config=config, data=data, extra=blob.get("extra", {}))

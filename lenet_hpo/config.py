@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lenet_hpo.errors import ConfigError
+
 ARCHITECTURES = ("modern", "classic")
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "gelu", "sigmoid", "scaled_tanh")
 POOLINGS = ("avg", "max", "subsample")  # subsample: the paper's trainable S2/S4, squashed
@@ -34,7 +36,8 @@ KERNEL_SIZES = (3, 5)
 PRECISIONS = ("auto", "fp32", "bf16")
 RBF_INPUTS = 84  # one F6 unit per pixel of a 7x12 bitmap
 
-# What architecture = "classic" fixes: LeCun, Bottou, Bengio, Haffner (1998), section II.B.
+# What architecture = "classic" fixes: LeCun, Bottou, Bengio, Haffner (1998), section II.B
+# (the parts themselves are in classic.py).
 CLASSIC_PARTS: dict[str, Any] = {
     "c1": 6,
     "c3": 16,
@@ -125,23 +128,23 @@ class TrialConfig:
         _check_int(self, "augment", 0, 4)
         _check_int(self, "seed", 0, 2**63 - 1)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
-            raise ValueError("nesterov: needs optimizer 'sgd' with momentum > 0")
+            raise ConfigError("nesterov: needs optimizer 'sgd' with momentum > 0")
         if self.c3_table and (self.c1, self.c3, self.kernel_size) != (6, 16, 5):
-            raise ValueError(
+            raise ConfigError(
                 f"c3_table: the paper's Table I connects 6 S2 maps to 16 C3 maps with 5x5 kernels;"
                 f" needs c1 = 6, c3 = 16, kernel_size = 5 (got {self.c1}, {self.c3}, {self.kernel_size})"
             )
         if self.optimizer == "sdlm" and self.sdlm_curvature == "paper" and (self.batch_norm or self.pooling == "max"):
-            raise ValueError(
+            raise ConfigError(
                 "sdlm_curvature: 'paper' back-propagates second derivatives through the paper's layers only;"
                 " with batch_norm or max pooling use sdlm_curvature = 'gauss_newton'"
             )
         if self.head == "rbf" and self.f6 != RBF_INPUTS:
-            raise ValueError(f"head: 'rbf' compares F6 with 7x12 bitmaps; needs f6 = {RBF_INPUTS} (got {self.f6})")
+            raise ConfigError(f"head: 'rbf' compares F6 with 7x12 bitmaps; needs f6 = {RBF_INPUTS} (got {self.f6})")
         if self.architecture == "classic":
             for name, value in CLASSIC_PARTS.items():
                 if getattr(self, name) != value:
-                    raise ValueError(
+                    raise ConfigError(
                         f"architecture: 'classic' is the paper's network exactly and needs {name} = {value!r}"
                         f" (got {getattr(self, name)!r}); use architecture 'modern' to mix classic and modern parts"
                     )
@@ -156,13 +159,11 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
         if not isinstance(data, dict):
-            raise ValueError(f"config: expected a JSON object, got {type(data).__name__}")
+            raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
-                f"{unknown[0]}: unknown config field (known: {', '.join(sorted(known))})"
-            )
+            raise ConfigError(f"{unknown[0]}: unknown config field (known: {', '.join(sorted(known))})")
         return cls(**data)
 
     @classmethod
@@ -170,7 +171,7 @@ class TrialConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"config: not valid JSON ({exc})") from None
+            raise ConfigError(f"config: not valid JSON ({exc})") from None
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> TrialConfig:
@@ -183,11 +184,11 @@ def load_config(path: str | Path) -> TrialConfig:
     try:
         text = p.read_text()
     except OSError as exc:
-        raise ValueError(f"{p}: cannot read config file ({exc.strerror})") from None
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror})") from None
     try:
         return TrialConfig.from_json(text)
-    except ValueError as exc:
-        raise ValueError(f"{p}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
 
 
 # --- validation helpers -------------------------------------------------------
@@ -200,17 +201,17 @@ def _value(cfg: TrialConfig, name: str) -> Any:
 def _check_int(cfg: TrialConfig, name: str, lo: int, hi: int) -> None:
     v = _value(cfg, name)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{name}: expected an integer, got {v!r}")
+        raise ConfigError(f"{name}: expected an integer, got {v!r}")
     if not lo <= v <= hi:
-        raise ValueError(f"{name}: {v} is out of range [{lo}, {hi}]")
+        raise ConfigError(f"{name}: {v} is out of range [{lo}, {hi}]")
 
 
 def _check_float(cfg: TrialConfig, name: str, lo: float, hi: float) -> None:
     v = _value(cfg, name)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{name}: expected a number, got {v!r}")
+        raise ConfigError(f"{name}: expected a number, got {v!r}")
     if not lo <= float(v) <= hi:  # also rejects NaN
-        raise ValueError(f"{name}: {v} is out of range [{lo}, {hi}]")
+        raise ConfigError(f"{name}: {v} is out of range [{lo}, {hi}]")
     # Normalise ints to floats so equal configs compare and serialise equally.
     object.__setattr__(cfg, name, float(v))
 
@@ -218,53 +219,16 @@ def _check_float(cfg: TrialConfig, name: str, lo: float, hi: float) -> None:
 def _check_bool(cfg: TrialConfig, name: str) -> None:
     v = _value(cfg, name)
     if not isinstance(v, bool):
-        raise ValueError(f"{name}: expected true or false, got {v!r}")
+        raise ConfigError(f"{name}: expected true or false, got {v!r}")
 
 
 def _check_choice(cfg: TrialConfig, name: str, choices: tuple[Any, ...]) -> None:
     v = _value(cfg, name)
     if v not in choices or isinstance(v, bool):
-        raise ValueError(f"{name}: {v!r} is not one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{name}: {v!r} is not one of {', '.join(map(str, choices))}")
 
 
 # The modern "classic" LeNet-5 of seed 000 part 1: tanh, average pooling, SGD with
-# momentum, batch 64, 20 epochs.  61,706 parameters on 1x32x32 input.
+# momentum, batch 64, 20 epochs.  61,706 parameters on 1x32x32 input.  (The paper's own
+# network and recipe is `classic.CLASSIC`.)
 BASELINE = TrialConfig()
-
-# The paper's LeNet-5 and its training recipe: 60,000 parameters, MAP loss, SDLM
-# with the paper's own h_kk (mu 0.02, on 500 patterns per pass) and the 20-pass rate
-# table; 0.93% mean MNIST test error over seeds 0-4.  The paper gives no j for its MAP
-# loss: 3 fits better than 0.1 and beat it on the validation split.  Two measured
-# departures: one update per batch of 16 patterns instead of per pattern (per-pattern
-# updates only train at a tenth of the table's rates, score no better and cost 7-8
-# times as much), and pass 1 at a fifth of the table's rate (at the full rate
-# training diverges from the +-2.4/F_i start).  The paper's h_kk diverges on the
-# tests' noisy synthetic data, where sdlm_curvature = "gauss_newton" trains.  All
-# measurements, and how j was chosen: docs/classic.md.
-CLASSIC = TrialConfig(
-    architecture="classic",
-    **CLASSIC_PARTS,
-    loss="map",
-    map_j=3.0,
-    optimizer="sdlm",
-    lr=0.0005,
-    momentum=0.0,
-    sdlm_mu=0.02,
-    sdlm_samples=500,
-    sdlm_curvature="paper",
-    schedule="paper_warmup",
-    batch_size=16,
-    epochs=20,
-)
-
-NAMED_CONFIGS: dict[str, TrialConfig] = {"baseline": BASELINE, "classic": CLASSIC}
-
-
-def named_config(name: str) -> TrialConfig:
-    try:
-        return NAMED_CONFIGS[name]
-    except KeyError:
-        raise ValueError(
-            f"config: unknown name {name!r} (named configs: {', '.join(NAMED_CONFIGS)};"
-            " or give a path to a .json file)"
-        ) from None

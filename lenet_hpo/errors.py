@@ -1,8 +1,22 @@
-"""Errors the library raises.  Each message says what went wrong and what to do."""
+"""The errors the library raises.  Each message says what went wrong and what to do.
+
+The command line maps them to exit statuses: a `ConfigError` (a bad value given by the
+user: a config field, a named config, a command-line value the parser could not check)
+exits 2, like argparse's own errors; every other `LenetHpoError` exits 1.  Anything
+else is a bug and is shown with its traceback.
+"""
 
 
 class LenetHpoError(Exception):
-    """Base class: the CLI prints these as `error: <message>` and exits 1."""
+    """Base class: the CLI prints these as `error: <message>`."""
+
+    exit_status = 1
+
+
+class ConfigError(LenetHpoError, ValueError):
+    """A value given by the user is invalid (a ValueError too, for code that expects one)."""
+
+    exit_status = 2
 
 
 class DataError(LenetHpoError):

@@ -17,22 +17,25 @@ import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from lenet_hpo.config import BASELINE
+from lenet_hpo.files import cache_dir
 from lenet_hpo.model import build_model
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lenet-hpo" / "layout.json"
 SECONDS = 2.0
 BATCH = 128
 
 
 def _rate(threads: int, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     torch.set_num_threads(threads)
-    model = build_model(BASELINE.replace(activation="relu", pooling="max", batch_norm=True)).to(memory_format=torch.channels_last)
+    model = build_model(BASELINE.replace(activation="relu", pooling="max", batch_norm=True)).to(
+        memory_format=torch.channels_last
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(BATCH, 1, 32, 32), torch.randint(0, 10, (BATCH,))
 
@@ -67,7 +70,7 @@ def candidates(cores: int) -> list[tuple[int, int]]:
     return [(w, cores // w) for w in range(1, cores + 1) if cores % w == 0]
 
 
-def machine_key() -> str:
+def machine_key(cores: int) -> str:
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -76,12 +79,22 @@ def machine_key() -> str:
                 break
     except OSError:
         pass
-    return f"{model}|{os.cpu_count()}|torch {torch.__version__}"
+    return f"{model}|{cores}|torch {torch.__version__}"
 
 
-def best_cpu_layout(*, refresh: bool = False, cache: Path = CACHE) -> tuple[int, int]:
-    """(workers, threads) with the highest measured throughput; cached per machine."""
-    key = machine_key()
+def best_cpu_layout(
+    *,
+    cores: int | None = None,
+    refresh: bool = False,
+    cache: Path | None = None,
+    measure: Callable[[int, int], float] = measure,
+) -> tuple[int, int]:
+    """(workers, threads) with the highest throughput `measure`d over the splits of
+    `cores` (default: this machine's); cached per machine in `cache` (default:
+    <cache dir>/layout.json)."""
+    cores = cores or os.cpu_count() or 1
+    cache = cache if cache is not None else cache_dir() / "layout.json"
+    key = machine_key(cores)
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -89,7 +102,6 @@ def best_cpu_layout(*, refresh: bool = False, cache: Path = CACHE) -> tuple[int,
     if not refresh and key in known:
         w, t = known[key]["layout"]
         return int(w), int(t)
-    cores = os.cpu_count() or 1
     rates = {f"{w}x{t}": measure(w, t) for w, t in candidates(cores)}
     best = max(rates, key=lambda k: rates[k])
     w, t = (int(v) for v in best.split("x"))

@@ -12,17 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lenet_hpo.classic import C3_TABLE, RBFOutput, Subsample, TableConv2d, digit_bitmaps, paper_init_
+from lenet_hpo.classic import C3_TABLE, RBFOutput, ScaledTanh, Subsample, TableConv2d, digit_bitmaps, paper_init_
 from lenet_hpo.config import TrialConfig
+from lenet_hpo.errors import ConfigError
 
 INPUT_SIZE = 32  # LeNet-5 reads 32x32 images; 28x28 digits are padded or resized
-
-
-class ScaledTanh(nn.Module):
-    """LeCun's squashing function f(a) = 1.7159 * tanh(2a/3) (f(±1) = ±1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
 
 
 def make_activation(name: str) -> nn.Module:
@@ -39,7 +33,7 @@ def make_activation(name: str) -> nn.Module:
             return nn.Sigmoid()
         case "scaled_tanh":
             return ScaledTanh()
-    raise ValueError(f"activation: unknown {name!r}")
+    raise ConfigError(f"activation: unknown {name!r}")
 
 
 def feature_size(cfg: TrialConfig, size: int = INPUT_SIZE) -> int:
@@ -60,11 +54,11 @@ class LeNet5(nn.Module):
         super().__init__()
         side = feature_size(cfg)
         if side < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"kernel_size: {cfg.kernel_size} leaves no feature map on {INPUT_SIZE}x{INPUT_SIZE} input"
             )
         if cfg.head == "rbf" and num_classes != 10:
-            raise ValueError(f"head: 'rbf' has the 10 digit bitmaps; this dataset has {num_classes} classes")
+            raise ConfigError(f"head: 'rbf' has the 10 digit bitmaps; this dataset has {num_classes} classes")
         # Batch norm makes the convolution's bias redundant.
         bias = not cfg.batch_norm
 
@@ -78,7 +72,11 @@ class LeNet5(nn.Module):
             return [Subsample(channels), make_activation(cfg.activation)]
 
         def conv_block(cin: int, cout: int, table: bool = False) -> list[nn.Module]:
-            conv = TableConv2d(cin, C3_TABLE, cfg.kernel_size) if table else nn.Conv2d(cin, cout, cfg.kernel_size, bias=bias)
+            conv = (
+                TableConv2d(cin, C3_TABLE, cfg.kernel_size)
+                if table
+                else nn.Conv2d(cin, cout, cfg.kernel_size, bias=bias)
+            )
             layers: list[nn.Module] = [conv]
             if cfg.batch_norm:
                 layers.append(nn.BatchNorm2d(cout))
@@ -104,7 +102,9 @@ class LeNet5(nn.Module):
     def head(self) -> nn.Module:
         return self.classifier[-1]
 
-    def forward(self, x: torch.Tensor, return_head_input: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, return_head_input: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (N, classes); with return_head_input, also the output layer's input
         (N, f6), which SDLM's curvature estimate needs."""
         hidden = self.features(x)
@@ -140,7 +140,7 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                 bound = math.sqrt(3.0 / fan_in)  # variance 1/fan_in
                 nn.init.uniform_(m.weight, -bound, bound)
             case _:
-                raise ValueError(f"init: unknown {scheme!r}")
+                raise ConfigError(f"init: unknown {scheme!r}")
         if m.bias is not None:
             nn.init.zeros_(m.bias)
 

@@ -24,7 +24,7 @@ the centre.  `mnist_style` makes any picture of a digit look like that:
    moved back inside the field where the digit would stick out.
 9. The model's own input step, from its checkpoint: 28x28 -> 32x32 by padding
    or resizing (`to_32`) and standardisation with its training mean and std
-   (`normalize`).
+   (`scale_input`).
 
 A Fashion-MNIST model gets the same steps with its dataset's geometry (no
 stroke step, fit the whole 28x28 field, centred by bounding box).  A 3-channel
@@ -48,7 +48,9 @@ from PIL import Image, ImageOps
 
 from lenet_hpo.checkpoint import Checkpoint, load_checkpoint
 from lenet_hpo.data import scale_input, to_32
-from lenet_hpo.errors import CheckpointError, ImageError
+from lenet_hpo.errors import CheckpointError, ConfigError, ImageError
+from lenet_hpo.space import load_spec, study_path
+from lenet_hpo.studies import retrain_dir
 from lenet_hpo.train import predict_logits
 
 # Extensions of the formats Pillow can open here (".png", ".jpg", ".webp", ...).
@@ -81,7 +83,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise ImageError(f"{p}: no such file or directory")
     if not files:
-        raise ValueError("no images given; name image files or directories of images")
+        raise ConfigError("no images given; name image files or directories of images")
     return files
 
 
@@ -212,7 +214,9 @@ def place(x: torch.Tensor, field: int = FIELD, *, by_mass: bool = True) -> torch
     return out
 
 
-def mnist_style(image: Image.Image, *, box: int = DIGIT_BOX, by_mass: bool = True, strokes: bool = True) -> torch.Tensor:
+def mnist_style(
+    image: Image.Image, *, box: int = DIGIT_BOX, by_mass: bool = True, strokes: bool = True
+) -> torch.Tensor:
     """Steps 2-8 of the module docstring: a uint8 (28, 28) tensor, light ink on black."""
     x = crop_to_ink(ink_levels(to_gray(image)))
     if strokes:
@@ -242,8 +246,6 @@ def model_input(image: Image.Image, meta: dict[str, Any], input_norm: str = "sta
 
 def best_retrained(study: str, studies_dir: Path | None = None) -> Path:
     """The study's retrained best config with the lowest seed: `studies/<study>/retrain/best-seed<k>.pt`."""
-    from lenet_hpo.retrain import retrain_dir
-
     folder = retrain_dir(study, studies_dir)
     found = []
     if folder.is_dir():
@@ -261,8 +263,6 @@ def best_retrained(study: str, studies_dir: Path | None = None) -> Path:
 
 def study_dataset(study: str, studies_dir: Path | None = None) -> str | None:
     """The dataset of the study's definition, `studies/<study>.toml`; None where that file is absent."""
-    from lenet_hpo.space import load_spec, study_path
-
     return load_spec(study, studies_dir).dataset if study_path(study, studies_dir).is_file() else None
 
 
@@ -318,7 +318,7 @@ class Prediction:
 def predict_images(checkpoint: Checkpoint, paths: Iterable[str | Path], top: int = 3) -> list[Prediction]:
     """Classify image files and directories of images (expanded, sorted) with a checkpoint's model."""
     if top < 1:
-        raise ValueError(f"top: {top} must be at least 1")
+        raise ConfigError(f"top: {top} must be at least 1")
     classes = [str(c) for c in checkpoint.data["classes"]]
     files = expand_paths(paths)
     inputs = []

@@ -27,12 +27,12 @@ from plotly.subplots import make_subplots
 
 from lenet_hpo.checkpoint import load_checkpoint
 from lenet_hpo.data import Dataset, scale_input
-from lenet_hpo.retrain import load_summary, spec_of
-from lenet_hpo.search import get_study, load_spec_data
+from lenet_hpo.files import REPORTS_DIR, atomic_write_text
+from lenet_hpo.retrain import RetrainResult, load_result
 from lenet_hpo.space import check_name
+from lenet_hpo.studies import open_study, spec_of
 from lenet_hpo.train import predict_logits
 
-REPORTS_DIR = Path("reports")
 COLORS = {"best": "#1f77b4", "baseline": "#d62728", "classic": "#2ca02c"}
 GALLERY = 32
 
@@ -81,7 +81,9 @@ def _as_image(x: torch.Tensor) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
 
 
-def _mistakes(model: torch.nn.Module, data: Dataset, input_norm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _mistakes(
+    model: torch.nn.Module, data: Dataset, input_norm: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = scale_input(data.test.x, input_norm, data.mean, data.std)
     probs = torch.softmax(predict_logits(model.cpu(), x).float(), dim=1)
     return probs.argmax(1), probs.max(1).values, data.test.y
@@ -102,93 +104,183 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
-def comparison_table(summary: dict[str, Any], roles: list[str], latency: dict[str, float]) -> pd.DataFrame:
+def comparison_table(result: RetrainResult, latency: dict[str, float]) -> pd.DataFrame:
     rows = []
-    for role in roles:
-        b = summary[role]
+    for role, m in result.models.items():
         rows.append(
             {
                 "model": role,
-                "test accuracy (mean ± 95% CI)": f"{_pct(b['mean'])} [{_pct(b['ci95'][0])}, {_pct(b['ci95'][1])}]",
-                "std": f"{100 * b['std']:.2f} pts",
-                "per seed": ", ".join(f"{100 * a:.2f}" for a in b["test_accuracy"]),
-                "parameters": f"{b['params']:,}",
-                "MACs": f"{b['macs']:,}",
-                "train s/epoch": f"{b['seconds_per_epoch']:.1f}",
-                "precision": b.get("precision", "fp32"),  # summaries from before the field: fp32
+                "test accuracy (mean ± 95% CI)": f"{_pct(m.mean)} [{_pct(m.ci95[0])}, {_pct(m.ci95[1])}]",
+                "std": f"{100 * m.std:.2f} pts",
+                "per seed": ", ".join(f"{100 * a:.2f}" for a in m.test_accuracy),
+                "parameters": f"{m.params:,}",
+                "MACs": f"{m.macs:,}",
+                "train s/epoch": f"{m.seconds_per_epoch:.1f}",
+                "precision": m.precision,
                 "latency ms/image": f"{latency[role]:.3f}",
             }
         )
     return pd.DataFrame(rows)
 
 
-def figures(study: optuna.Study, summary: dict[str, Any], roles: list[str], histories: dict[str, list[list[dict[str, float]]]], confusions: dict[str, np.ndarray], classes: list[str]) -> list[tuple[str, go.Figure | None, str]]:
-    figs: list[tuple[str, go.Figure | None, str]] = []
-    # 1. per-seed accuracies with mean and CI
+Figure = tuple[str, go.Figure | None, str]  # title, figure (None: not available), note
+
+
+def accuracy_figure(result: RetrainResult) -> Figure:
     fig = go.Figure()
-    for role in roles:
-        b = summary[role]
-        fig.add_trace(go.Scatter(x=[role] * len(b["test_accuracy"]), y=[100 * a for a in b["test_accuracy"]], mode="markers", name=f"{role} (seeds)", marker={"color": COLORS.get(role), "size": 9, "opacity": 0.6}))
-        fig.add_trace(go.Scatter(x=[role], y=[100 * b["mean"]], mode="markers", name=f"{role} mean ± 95% CI", marker={"color": COLORS.get(role), "size": 16, "symbol": "diamond"},
-                                 error_y={"type": "data", "symmetric": False, "array": [100 * (b["ci95"][1] - b["mean"])], "arrayminus": [100 * (b["mean"] - b["ci95"][0])]}))
+    for role, m in result.models.items():
+        color = COLORS.get(role)
+        fig.add_trace(
+            go.Scatter(
+                x=[role] * len(m.test_accuracy),
+                y=[100 * a for a in m.test_accuracy],
+                mode="markers",
+                name=f"{role} (seeds)",
+                marker={"color": color, "size": 9, "opacity": 0.6},
+            )
+        )
+        error = {
+            "type": "data",
+            "symmetric": False,
+            "array": [100 * (m.ci95[1] - m.mean)],
+            "arrayminus": [100 * (m.mean - m.ci95[0])],
+        }
+        fig.add_trace(
+            go.Scatter(
+                x=[role],
+                y=[100 * m.mean],
+                mode="markers",
+                name=f"{role} mean ± 95% CI",
+                marker={"color": color, "size": 16, "symbol": "diamond"},
+                error_y=error,
+            )
+        )
     fig.update_layout(title="Test accuracy per seed, mean and 95% CI", yaxis_title="test accuracy (%)", height=420)
-    figs.append(("Test accuracy", fig, "Each dot is one seed; diamonds are means with 95% t-intervals."))
-    # 2. learning curves
+    return "Test accuracy", fig, "Each dot is one seed; diamonds are means with 95% t-intervals."
+
+
+def _eval_acc(epoch: dict[str, float]) -> float:
+    """An epoch's test accuracy (checkpoints from before the key said its split call it val_acc)."""
+    return epoch["test_acc"] if "test_acc" in epoch else epoch["val_acc"]
+
+
+def learning_curves_figure(histories: dict[str, list[list[dict[str, float]]]]) -> Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy per epoch", "training loss per epoch"))
-    for role in roles:
-        runs = histories[role]
+    for role, runs in histories.items():
         epochs = list(range(1, min(len(h) for h in runs) + 1))
-        for col, key in ((1, "val_acc"), (2, "train_loss")):
-            vals = np.array([[h[e - 1][key] for e in epochs] for h in runs])
-            scale = 100 if key == "val_acc" else 1
-            mean, lo, hi = scale * vals.mean(0), scale * vals.min(0), scale * vals.max(0)
-            color = COLORS.get(role, "#555")
-            fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=list(hi) + list(lo[::-1]), fill="toself", line={"width": 0}, fillcolor=color, opacity=0.15, showlegend=False, hoverinfo="skip"), row=1, col=col)
-            fig.add_trace(go.Scatter(x=epochs, y=mean, name=role, line={"color": color}, showlegend=col == 1), row=1, col=col)
+        color = COLORS.get(role, "#555")
+        for col, value in ((1, lambda e: 100 * _eval_acc(e)), (2, lambda e: e["train_loss"])):
+            vals = np.array([[value(h[e - 1]) for e in epochs] for h in runs])
+            mean, lo, hi = vals.mean(0), vals.min(0), vals.max(0)
+            fig.add_trace(
+                go.Scatter(
+                    x=epochs + epochs[::-1],
+                    y=list(hi) + list(lo[::-1]),
+                    fill="toself",
+                    line={"width": 0},
+                    fillcolor=color,
+                    opacity=0.15,
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(x=epochs, y=mean, name=role, line={"color": color}, showlegend=col == 1), row=1, col=col
+            )
     fig.update_yaxes(title_text="%", row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(height=420, title="Learning curves (mean over seeds, band = min to max)")
-    figs.append(("Learning curves", fig, "Measured on the test split after each epoch, for the plot only: nothing was selected on it."))
-    # 3. confusion matrices
+    note = "Measured on the test split after each epoch, for the plot only: nothing was selected on it."
+    return "Learning curves", fig, note
+
+
+def confusion_figure(confusions: dict[str, np.ndarray], classes: list[str]) -> Figure:
+    roles = list(confusions)
     fig = make_subplots(rows=1, cols=len(roles), subplot_titles=[f"{r} (seed 0)" for r in roles])
     for i, role in enumerate(roles, start=1):
         cm = confusions[role]
         z = np.where(np.eye(len(classes), dtype=bool), np.nan, cm)  # errors only: the diagonal would drown them
-        fig.add_trace(go.Heatmap(z=z, x=classes, y=classes, coloraxis="coloraxis", text=cm, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>"), row=1, col=i)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=classes,
+                y=classes,
+                coloraxis="coloraxis",
+                text=cm,
+                texttemplate="%{text}",
+                hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+            ),
+            row=1,
+            col=i,
+        )
         fig.update_xaxes(title_text="predicted", row=1, col=i)
         fig.update_yaxes(title_text="true", autorange="reversed", row=1, col=i)
-    fig.update_layout(height=480, coloraxis={"colorscale": "Reds"}, title="Confusion matrices (counts; off-diagonal coloured)")
-    figs.append(("Confusion matrices", fig, "Test split, the seed-0 model of each; the diagonal holds the correct counts."))
-    # 4. the search
+    title = "Confusion matrices (counts; off-diagonal coloured)"
+    fig.update_layout(height=480, coloraxis={"colorscale": "Reds"}, title=title)
+    return "Confusion matrices", fig, "Test split, the seed-0 model of each; the diagonal holds the correct counts."
+
+
+def search_figures(study: optuna.Study) -> list[Figure]:
     target = {"target": (lambda t: t.values[0]), "target_name": "validation accuracy"}
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    figs.append(("Optimization history", optuna.visualization.plot_optimization_history(study, **target), "Validation accuracy of each completed trial and the best so far."))
+    history = optuna.visualization.plot_optimization_history(study, **target)
+    figs: list[Figure] = [
+        ("Optimization history", history, "Validation accuracy of each completed trial and the best so far.")
+    ]
     try:
         # Optuna's default evaluator (PED-ANOVA) explains *low* targets: negate accuracy.
-        imp = optuna.visualization.plot_param_importances(study, target=lambda t: -t.values[0], target_name="validation accuracy")
-        note = "PED-ANOVA importances: how much each parameter decides whether a trial reaches the top validation accuracies."
+        imp = optuna.visualization.plot_param_importances(
+            study, target=lambda t: -t.values[0], target_name="validation accuracy"
+        )
+        note = (
+            "PED-ANOVA importances: how much each parameter decides whether a trial reaches the top"
+            " validation accuracies."
+        )
     except (ValueError, RuntimeError) as exc:
         imp, note = None, f"Parameter importances need more completed trials ({exc})."
     figs.append(("Parameter importances", imp, note))
-    figs.append(("Parallel coordinates", optuna.visualization.plot_parallel_coordinate(study, **target), "Each line is a completed trial; colour is validation accuracy."))
+    parallel = optuna.visualization.plot_parallel_coordinate(study, **target)
+    figs.append(("Parallel coordinates", parallel, "Each line is a completed trial; colour is validation accuracy."))
     counts = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts()
-    fig = go.Figure(go.Bar(x=counts.index.tolist(), y=counts.values.tolist(), text=counts.values.tolist(), textposition="auto"))
+    fig = go.Figure(
+        go.Bar(x=counts.index.tolist(), y=counts.values.tolist(), text=counts.values.tolist(), textposition="auto")
+    )
     fig.update_layout(title="Trial states", height=320)
-    figs.append(("Trial states", fig, "COMPLETE and PRUNED trials count toward the study's budget; FAIL trials were retried or reported."))
-    # 5. accuracy vs size
-    pts = sorted(((t.user_attrs.get("params", 0), t.values[0], t.number) for t in complete), key=lambda p: (p[0], -p[1]))
+    note = "COMPLETE and PRUNED trials count toward the study's budget; FAIL trials were retried or reported."
+    figs.append(("Trial states", fig, note))
+    return figs
+
+
+def pareto_figure(study: optuna.Study) -> Figure:
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    pts = sorted(
+        ((t.user_attrs.get("params", 0), t.values[0], t.number) for t in complete), key=lambda p: (p[0], -p[1])
+    )
     front, best_acc = [], -1.0
     for p in pts:
         if p[1] > best_acc:
             front.append(p)
             best_acc = p[1]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[100 * p[1] for p in pts], mode="markers", name="trials", text=[f"trial {p[2]}" for p in pts], marker={"color": "#999"}))
-    fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[100 * p[1] for p in front], mode="lines+markers", name="Pareto front", line={"shape": "hv", "color": COLORS["best"]}, text=[f"trial {p[2]}" for p in front]))
-    fig.update_layout(title="Validation accuracy against parameter count", xaxis_title="parameters", xaxis_type="log", yaxis_title="validation accuracy (%)", height=420)
-    figs.append(("Accuracy vs parameters (Pareto front)", fig, "No trial to the upper left of the front is both smaller and more accurate."))
-    return figs
+    for points, style in ((pts, {"mode": "markers", "name": "trials", "marker": {"color": "#999"}}),
+                          (front, {"mode": "lines+markers", "name": "Pareto front",
+                                   "line": {"shape": "hv", "color": COLORS["best"]}})):
+        x, y, text = [p[0] for p in points], [100 * p[1] for p in points], [f"trial {p[2]}" for p in points]
+        fig.add_trace(go.Scatter(x=x, y=y, text=text, **style))
+    fig.update_layout(
+        title="Validation accuracy against parameter count",
+        xaxis_title="parameters",
+        xaxis_type="log",
+        yaxis_title="validation accuracy (%)",
+        height=420,
+    )
+    return (
+        "Accuracy vs parameters (Pareto front)",
+        fig,
+        "No trial to the upper left of the front is both smaller and more accurate.",
+    )
 
 
 # Settings that only mean something for some configs: (field, the field and values it needs).
@@ -210,34 +302,43 @@ def config_table(configs: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict
     def applies(field: str, cfg: dict[str, Any]) -> bool:
         return field not in APPLIES_WHEN or cfg[APPLIES_WHEN[field][0]] in APPLIES_WHEN[field][1]
 
-    frame = pd.DataFrame({role: {k: v if applies(k, cfg) else "n/a" for k, v in cfg.items()} for role, cfg in configs.items()})
+    frame = pd.DataFrame(
+        {role: {k: v if applies(k, cfg) else "n/a" for k, v in cfg.items()} for role, cfg in configs.items()}
+    )
     frame = frame[~(frame == "n/a").all(axis=1)]
     same = frame.apply(lambda row: row.map(repr).nunique() == 1, axis=1)
     return frame[~same], {field: frame.loc[field].iloc[0] for field in frame.index[same]}
 
 
 FAIRNESS = [
-    "Same data: both models are fitted on the full official training set (train + validation) and evaluated on the official test split.",
-    "Same budget: the same number of epochs for both; each keeps its own batch size, learning rate and schedule as configured.",
-    "Same seeds: run k of each model uses seed k (weight init, batch order, dropout), so results pair up by seed; the test is a paired t-test over seeds.",
-    "No selection on test: trials were chosen on the validation split only; the test split is first touched by retrain-best.",
-    "Same code: search, retrain and baseline all go through one training function, in the same precision (the precision column; only the paper's SDLM recipe is always fp32).",
+    "Same data: both models are fitted on the full official training set (train + validation) and evaluated on"
+    " the official test split.",
+    "Same budget: the same number of epochs for both; each keeps its own batch size, learning rate and schedule"
+    " as configured.",
+    "Same seeds: run k of each model uses seed k (weight init, batch order, dropout), so results pair up by"
+    " seed; the test is a paired t-test over seeds.",
+    "No selection on test: trials were chosen on the validation split only; the test split is first touched by"
+    " retrain-best.",
+    "Same code: search, retrain and baseline all go through one training function, in the same precision (the"
+    " precision column; only the paper's SDLM recipe is always fp32).",
 ]
 
 
-def build_report(study_name: str, url: str, *, out_dir: Path | None = None, data_dir: Any = None, studies_dir: Path | None = None) -> ReportFiles:
-    check_name(study_name, "report")
-    study = get_study(study_name, url)
-    summary = load_summary(study_name, studies_dir)
-    spec = spec_of(study)
-    data = load_spec_data(spec, data_dir)
-    roles = ["best", *summary["comparisons"]]
-    histories: dict[str, list[list[dict[str, float]]]] = {}
-    confusions: dict[str, np.ndarray] = {}
-    latency: dict[str, float] = {}
+@dataclass(frozen=True)
+class _Evidence:
+    """What the report reads from the retrained runs' checkpoints."""
+
+    histories: dict[str, list[list[dict[str, float]]]]
+    confusions: dict[str, np.ndarray]
+    latency: dict[str, float]
+    gallery: list[tuple[np.ndarray, str]]  # misclassified test images of the tuned model, captioned
+
+
+def _evidence(result: RetrainResult, data: Dataset) -> _Evidence:
+    histories, confusions, latency = {}, {}, {}
     gallery: list[tuple[np.ndarray, str]] = []
-    for role in roles:
-        checkpoints = [load_checkpoint(p) for p in summary[role]["checkpoints"]]
+    for role, m in result.models.items():
+        checkpoints = [load_checkpoint(p) for p in m.checkpoints]
         histories[role] = [ck.extra["history"] for ck in checkpoints]
         first = checkpoints[0]
         pred, conf, true = _mistakes(first.model, data, first.config.input_norm)
@@ -245,20 +346,43 @@ def build_report(study_name: str, url: str, *, out_dir: Path | None = None, data
         latency[role] = latency_ms(first.model, data.channels)
         if role == "best":
             wrong = torch.nonzero(pred != true).flatten()[:GALLERY]
-            gallery = [(_as_image(data.test.x[i]), f"true {data.classes[true[i]]} → {data.classes[pred[i]]} ({100 * conf[i]:.0f}%)") for i in wrong.tolist()]
-    table = comparison_table(summary, roles, latency)
-    figs = figures(study, summary, roles, histories, confusions, list(data.classes))
+            gallery = [
+                (
+                    _as_image(data.test.x[i]),
+                    f"true {data.classes[true[i]]} → {data.classes[pred[i]]} ({100 * conf[i]:.0f}%)",
+                )
+                for i in wrong.tolist()
+            ]
+    return _Evidence(histories, confusions, latency, gallery)
+
+
+def build_report(
+    study_name: str,
+    url: str,
+    *,
+    out_dir: Path | None = None,
+    data_dir: Path | None = None,
+    studies_dir: Path | None = None,
+) -> ReportFiles:
+    check_name(study_name, "report")
+    study = open_study(study_name, url)
+    result = load_result(study_name, studies_dir)
+    data = spec_of(study).load_data(data_dir)
+    ev = _evidence(result, data)
+    table = comparison_table(result, ev.latency)
+    figs = [
+        accuracy_figure(result), learning_curves_figure(ev.histories),
+        confusion_figure(ev.confusions, list(data.classes)), *search_figures(study), pareto_figure(study),
+    ]
     out = (out_dir or REPORTS_DIR) / study_name
     out.mkdir(parents=True, exist_ok=True)
-    verdict = summary["difference"]["verdict"]
-    differ, shared = config_table({r: summary[r]["config"] for r in ["best", *summary["comparisons"]]})
+    verdict = result.difference.verdict
+    differ, shared = config_table({role: m.config for role, m in result.models.items()})
     configs = (differ, "The same for all: " + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".")
-    html_path = out / "report.html"
-    html_path.write_text(_html(study_name, summary, table, configs, figs, gallery, verdict))
-    gallery_png = out / "misclassified.png"
-    _gallery_png(gallery, gallery_png)
-    md_path = out / "report.md"
-    md_path.write_text(_markdown(study_name, summary, table, configs, verdict, study))
+    html_path, md_path, gallery_png = out / "report.html", out / "report.md", out / "misclassified.png"
+    atomic_write_text(html_path, _html(study_name, result, table, configs, figs, ev.gallery, verdict))
+    _gallery_png(ev.gallery, gallery_png)
+    atomic_write_text(md_path, _markdown(study_name, result, table, configs, verdict, study))
     return ReportFiles(html=html_path, markdown=md_path, gallery_png=gallery_png, verdict=verdict)
 
 
@@ -276,10 +400,12 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 main{max-width:1180px;margin:0 auto;padding:24px}
 h1{margin:0 0 4px} .sub{color:#5b6475;margin-bottom:18px}
-.verdict{font-size:1.35em;padding:16px 20px;border-radius:10px;background:#fff;border-left:6px solid #1f77b4;margin:12px 0 20px}
+.verdict{font-size:1.35em;padding:16px 20px;border-radius:10px;background:#fff;border-left:6px solid #1f77b4;
+  margin:12px 0 20px}
 .verdict.neutral{border-left-color:#999} .verdict.worse{border-left-color:#d62728}
 section{background:#fff;border-radius:10px;padding:16px 20px;margin:16px 0;box-shadow:0 1px 2px rgba(0,0,0,.06)}
-table{border-collapse:collapse;width:100%;font-size:.95em} th,td{padding:6px 8px;border-bottom:1px solid #e5e7eb;text-align:left}
+table{border-collapse:collapse;width:100%;font-size:.95em}
+th,td{padding:6px 8px;border-bottom:1px solid #e5e7eb;text-align:left}
 th{background:#f0f2f5} .note{color:#5b6475;font-size:.9em}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(110px,1fr));gap:10px}
 .gallery figure{margin:0;text-align:center;font-size:.8em} .gallery img{image-rendering:pixelated;border:1px solid #ddd}
@@ -289,61 +415,82 @@ code{background:#f0f2f5;padding:1px 4px;border-radius:4px}
 # Any script error marks the page, so a headless browser (and the tests) can see it.
 _ERROR_HOOK = """<script>
 window.addEventListener('error', function (e) {
-  var n = document.documentElement; n.setAttribute('data-js-errors', (n.getAttribute('data-js-errors') || '') + e.message + ';');
+  var n = document.documentElement;
+  n.setAttribute('data-js-errors', (n.getAttribute('data-js-errors') || '') + e.message + ';');
 });
 </script>"""
 
 
-def _html(name: str, summary: dict[str, Any], table: pd.DataFrame, configs: tuple[pd.DataFrame, str], figs: list[tuple[str, go.Figure | None, str]], gallery: list[tuple[np.ndarray, str]], verdict: str) -> str:
-    diff = summary["difference"]
-    tone = "" if diff["significant"] and diff["difference"] > 0 else ("worse" if diff["significant"] else "neutral")
+def _html(
+    name: str, result: RetrainResult, table: pd.DataFrame, configs: tuple[pd.DataFrame, str], figs: list[Figure],
+    gallery: list[tuple[np.ndarray, str]], verdict: str,
+) -> str:
+    diff = result.difference
+    tone = "" if diff.significant and diff.difference > 0 else ("worse" if diff.significant else "neutral")
+    against = ", ".join(html.escape(r) for r in result.baselines)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>lenet-hpo report: {html.escape(name)}</title><style>{_STYLE}</style>{_ERROR_HOOK}</head><body><main>",
         f"<h1>Is the tuned LeNet-5 better? Study <code>{html.escape(name)}</code></h1>",
-        f"<div class='sub'>best trial {summary['trial']} (validation accuracy {_pct(summary['search_value'])} in the search) against "
-        f"{', '.join(html.escape(r) for r in summary['comparisons'])}; {summary['n_seeds']} seeds × {summary['epochs']} epochs each; "
-        f"dataset {html.escape(summary['dataset']['dataset'])}</div>",
-        f"<div class='verdict {tone}' id='verdict'>{html.escape(verdict[0].upper() + verdict[1:])}.<div class='note'>{html.escape(diff['test'])}, n = {diff['n']} seeds, "
-        f"effect size ({html.escape(diff['effect_size_name'])}) {diff['effect_size']:.2f}</div></div>",
+        f"<div class='sub'>best trial {result.trial} (validation accuracy {_pct(result.search_value)} in the search)"
+        f" against {against}; {result.n_seeds} seeds × {result.epochs} epochs each;"
+        f" dataset {html.escape(result.dataset['dataset'])}</div>",
+        f"<div class='verdict {tone}' id='verdict'>{html.escape(verdict[0].upper() + verdict[1:])}.<div class='note'>"
+        f"{html.escape(diff.test)}, n = {diff.n} seeds, effect size ({html.escape(diff.effect_size_name)})"
+        f" {diff.effect_size:.2f}</div></div>",
         "<section><h2>Comparison</h2>",
         table.to_html(index=False, classes="comparison", border=0, escape=True),
         "</section><section><h2>What makes this comparison fair</h2><ul>",
         *[f"<li>{html.escape(f)}</li>" for f in FAIRNESS],
         "</ul>",
     ]
-    if summary.get("rescored"):
+    if result.rescored:
         parts.append("<p>The best trial was chosen by re-scoring the top trials on fresh seeds (validation split):</p>")
-        parts.append(pd.DataFrame(summary["rescored"]).to_html(index=False, border=0))
-    parts.append("<h3>Configurations: where they differ</h3>")
-    parts.append(configs[0].to_html(border=0))
-    parts.append(f"<p class='note'>{html.escape(configs[1])}</p>")
-    parts.append("</section>")
+        parts.append(pd.DataFrame(result.rescored).to_html(index=False, border=0))
+    parts += [
+        "<h3>Configurations: where they differ</h3>",
+        configs[0].to_html(border=0),
+        f"<p class='note'>{html.escape(configs[1])}</p>",
+        "</section>",
+    ]
     first = True
     for title, fig, note in figs:
         parts.append(f"<section><h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
         if fig is not None:
-            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if first else False, config={"displaylogo": False}))
+            plotly_js = "inline" if first else False
+            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=plotly_js, config={"displaylogo": False}))
             first = False
         parts.append("</section>")
         if title == "Confusion matrices":
-            parts.append("<section><h2>Misclassified test images (tuned model, seed 0)</h2><div class='gallery'>")
-            parts += [f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{_png_b64(img)}'><figcaption>{html.escape(c)}</figcaption></figure>" for img, c in gallery]
-            parts.append("</div></section>")
-    parts.append(f"<p class='note'>Made by lenet-hpo from {html.escape(summary['results_csv'])}.</p></main></body></html>")
+            parts.append(_gallery_html(gallery))
+    parts.append(f"<p class='note'>Made by lenet-hpo from {html.escape(result.results_csv)}.</p></main></body></html>")
     return "\n".join(parts)
 
 
-def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, configs: tuple[pd.DataFrame, str], verdict: str, study: optuna.Study) -> str:
-    diff = summary["difference"]
+def _gallery_html(gallery: list[tuple[np.ndarray, str]]) -> str:
+    figures = [
+        f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{_png_b64(img)}'>"
+        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+        for img, c in gallery
+    ]
+    title = "<section><h2>Misclassified test images (tuned model, seed 0)</h2><div class='gallery'>"
+    return title + "".join(figures) + "</div></section>"
+
+
+def _markdown(
+    name: str, result: RetrainResult, table: pd.DataFrame, configs: tuple[pd.DataFrame, str], verdict: str,
+    study: optuna.Study,
+) -> str:
+    diff = result.difference
     states = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts().to_dict()
     lines = [
         f"# lenet-hpo report: study `{name}`",
         "",
         f"**Verdict:** {verdict[0].upper() + verdict[1:]}.",
         "",
-        f"{diff['test']}, n = {diff['n']} seeds, effect size ({diff['effect_size_name']}) {diff['effect_size']:.2f}.",
-        f"Best trial {summary['trial']} (validation accuracy {_pct(summary['search_value'])} in the search), {summary['n_seeds']} seeds × {summary['epochs']} epochs each.",
+        f"{diff.test}, n = {diff.n} seeds, effect size ({diff.effect_size_name}) {diff.effect_size:.2f}.",
+        f"Best trial {result.trial} (validation accuracy {_pct(result.search_value)} in the search),"
+        f" {result.n_seeds} seeds × {result.epochs} epochs each.",
         "",
         _md_table(table),
         "",
@@ -361,7 +508,8 @@ def _markdown(name: str, summary: dict[str, Any], table: pd.DataFrame, configs: 
         "",
         "Trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items(), key=lambda kv: -kv[1])) + ".",
         "",
-        "Plots (learning curves, confusion matrices, optimization history, parameter importances, parallel coordinates, Pareto front): `report.html`. Misclassified test images: `misclassified.png`.",
+        "Plots (learning curves, confusion matrices, optimization history, parameter importances, parallel"
+        " coordinates, Pareto front): `report.html`. Misclassified test images: `misclassified.png`.",
         "",
     ]
     return "\n".join(lines)

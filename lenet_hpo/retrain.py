@@ -12,129 +12,292 @@ Fairness rules (stated again on the report):
   on the validation split only (and, with --top-k, re-scoring on fresh seeds,
   still on validation).
 
-Each run's checkpoint and history go to `studies/<study>/retrain/<role>-seed<k>.pt`;
-a rerun skips runs whose checkpoint is already there with the same config.
+Each run's checkpoint, history and test predictions go to
+`studies/<study>/retrain/<role>-seed<k>.pt` (`final.train_final`); a rerun reuses runs
+already there, and baseline runs come from the shared run cache when another study
+(or an earlier run) trained them already.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import multiprocessing
 import os
+import queue
 import statistics
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 import torch
 
-from lenet_hpo.checkpoint import load_checkpoint, save_checkpoint
-from lenet_hpo.config import TrialConfig, named_config
-from lenet_hpo.data import Dataset, atomic_write_bytes
-from lenet_hpo.errors import CheckpointError, StudyError
-from lenet_hpo.model import count_macs
-from lenet_hpo.search import best_trials, get_study, load_spec_data
-from lenet_hpo.space import STUDIES_DIR, StudySpec, check_name, config_from_params, parse_spec
-from lenet_hpo.stats import compare, summarize
-from lenet_hpo.train import resolve_device, resolve_precision, train
+from lenet_hpo.config import TrialConfig
+from lenet_hpo.data import Dataset
+from lenet_hpo.errors import ConfigError, StudyError
+from lenet_hpo.files import atomic_write_text
+from lenet_hpo.final import FinalRun, RunCache, named_config, train_final
+from lenet_hpo.space import StudySpec, config_from_params, parse_spec
+from lenet_hpo.stats import Comparison, compare, summarize
+from lenet_hpo.studies import best_trials, open_study, retrain_dir, spec_of
+from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
-log = logging.getLogger(__name__)
 RESCORE_SEED_BASE = 1000  # --top-k re-scoring seeds: disjoint from the retraining seeds 0..n-1
 
 
-def retrain_dir(study_name: str, studies_dir: Path | None = None) -> Path:
-    return (studies_dir or STUDIES_DIR) / check_name(study_name) / "retrain"
+@dataclass(frozen=True)
+class EpochDone:
+    """One epoch of one run finished (progress)."""
+
+    role: str  # "best", a baseline, or "trial N" while re-scoring
+    seed: int
+    epoch: int
+    epochs: int
+    seconds: float
 
 
-def spec_of(study: Any) -> StudySpec:
-    """The study's own definition, as recorded when it was created."""
-    text = study.user_attrs.get("study_file")
-    if not text:
-        raise StudyError(f"study {study.study_name!r} was not created by lenet-hpo (no study_file attribute)")
-    return parse_spec(tomllib.loads(text), name=study.study_name, text=text)
+OnEpochDone = Callable[[EpochDone], None]
+OnRun = Callable[[FinalRun], None]
 
 
 @dataclass(frozen=True)
-class Run:
-    role: str  # "best" or a named config ("baseline", "classic")
-    seed: int
-    test_accuracy: float
-    test_loss: float
-    epochs: int
-    seconds: float
-    seconds_per_epoch: float
+class ModelResult:
+    """One model (the tuned one or a baseline) over all seeds."""
+
+    config: dict[str, Any]
+    seeds: list[int]
+    test_accuracy: list[float]
+    mean: float
+    std: float
+    ci95: list[float]
     params: int
     macs: int
-    checkpoint: str
-    outcome: str
-    precision: str = "fp32"  # resolved: fp32 or bf16 (checkpoints from before this field were fp32)
+    seconds_per_epoch: float
+    precision: str
+    checkpoints: list[str]
+    sources: list[str] = field(default_factory=list)  # per seed: trained, reused or cached
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _run_one(role: str, cfg: TrialConfig, data: Dataset, out: Path, device: torch.device, meta: dict[str, Any], precision: str) -> Run:
-    path = out / f"{role}-seed{cfg.seed}.pt"
-    prec = resolve_precision(precision, cfg, device)
-    if path.exists():
-        try:
-            ck = load_checkpoint(path)
-            done = Run(**ck.extra["run"])
-            if ck.config == cfg and ck.data.get("checksum") == data.checksum and done.precision == prec:
-                log.info("%s: already done, skipped", path)
-                return done
-        except (CheckpointError, KeyError, TypeError):
-            log.warning("%s: unreadable or from another version; training again", path)
-    result = train(cfg, data, device=device, final=True, precision=prec)
-    history = [e.to_dict() for e in result.history]
-    final = result.history[-1]
-    seconds_per_epoch = statistics.fmean(e.seconds for e in result.history)
-    run = Run(
-        role=role,
-        seed=cfg.seed,
-        test_accuracy=final.val_acc if result.outcome == "completed" else math.nan,
-        test_loss=final.val_loss,
-        epochs=len(history),
-        seconds=result.seconds,
-        seconds_per_epoch=seconds_per_epoch,
-        params=result.params,
-        macs=count_macs(result.model, data.channels),
-        checkpoint=str(path),
-        outcome=result.outcome,
-        precision=result.precision,
-    )
-    save_checkpoint(path, result.model, cfg, data.meta(), {"history": history, "run": run.__dict__, **meta})
-    return run
+@dataclass(frozen=True)
+class Selection:
+    """Which trial is retrained: the best COMPLETE one, or with top_k > 1 the best of the
+    top k re-scored on fresh seeds (validation split)."""
+
+    trial: int
+    search_value: float
+    config: TrialConfig
+    top_k: int = 1
+    rescored: list[dict[str, Any]] = field(default_factory=list)
 
 
-# Worker processes (retrain runs in parallel): each loads the data once.
-_WORKER_DATA: Dataset | None = None
+@dataclass(frozen=True)
+class RetrainResult:
+    study: str
+    trial: int
+    search_value: float
+    top_k: int
+    rescored: list[dict[str, Any]]
+    epochs: int
+    n_seeds: int
+    dataset: dict[str, Any]
+    models: dict[str, ModelResult]  # "best", then each baseline in the order asked
+    comparisons: dict[str, Comparison]  # baseline -> the tuned model against it
+    results_csv: str
+
+    @property
+    def baselines(self) -> list[str]:
+        return list(self.comparisons)
+
+    @property
+    def difference(self) -> Comparison:
+        """The comparison with the first baseline: the verdict."""
+        return self.comparisons[self.baselines[0]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (`--json`, summary.json): each model under its role, and the first
+        comparison again as `difference`."""
+        head = {k: getattr(self, k) for k in ("study", "trial", "search_value", "top_k", "rescored", "epochs")}
+        return {
+            **head,
+            "n_seeds": self.n_seeds,
+            "dataset": self.dataset,
+            **{role: m.to_dict() for role, m in self.models.items()},
+            "results_csv": self.results_csv,
+            "difference": self.difference.to_dict(),
+            "comparisons": {name: c.to_dict() for name, c in self.comparisons.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RetrainResult:
+        roles = ["best", *d["comparisons"]]
+        fields = ModelResult.__dataclass_fields__
+        return cls(
+            study=d["study"],
+            trial=d["trial"],
+            search_value=d["search_value"],
+            top_k=d["top_k"],
+            rescored=d.get("rescored", []),
+            epochs=d["epochs"],
+            n_seeds=d["n_seeds"],
+            dataset=d["dataset"],
+            models={r: ModelResult(**{k: v for k, v in d[r].items() if k in fields}) for r in roles},
+            comparisons={name: Comparison.from_dict(c) for name, c in d["comparisons"].items()},
+            results_csv=d["results_csv"],
+        )
 
 
-def _init_worker(spec_text: str, name: str, data_dir: Any, threads: int) -> None:
-    global _WORKER_DATA
-    torch.set_num_threads(threads)
-    spec = parse_spec(tomllib.loads(spec_text), name=name, text=spec_text)
-    _WORKER_DATA = load_spec_data(spec, data_dir)  # moved to a GPU by train() when one is used
-
-
-def _run_in_worker(role: str, cfg: dict[str, Any], out: str, device: str, meta: dict[str, Any], precision: str) -> Run:
-    assert _WORKER_DATA is not None
-    return _run_one(role, TrialConfig.from_dict(cfg), _WORKER_DATA, Path(out), resolve_device(device), meta, precision)
-
-
-def rescore(candidates: list[Any], spec: StudySpec, data: Dataset, seeds: int, device: torch.device, precision: str) -> list[dict[str, Any]]:
-    """Mean validation accuracy of each candidate trial's config on fresh seeds."""
+def select_best(
+    study: optuna.Study,
+    spec: StudySpec,
+    data: Dataset,
+    *,
+    top_k: int,
+    seeds: int,
+    device: torch.device,
+    precision: str,
+    on_epoch: OnEpochDone | None = None,
+) -> Selection:
+    """The trial to retrain: the best COMPLETE one, or with top_k > 1 the one whose config
+    has the best mean validation accuracy on `seeds` fresh seeds."""
+    candidates = best_trials(study, k=top_k)
+    if top_k == 1:
+        t = candidates[0]
+        return Selection(t.number, t.values[0], config_from_params(t.params, spec))
     rows = []
     for t in candidates:
         cfg = config_from_params(t.params, spec)
-        runs = [train(cfg.replace(seed=RESCORE_SEED_BASE + s), data, device=device, precision=precision) for s in range(seeds)]
-        accs = [r.history[-1].val_acc for r in runs]
-        rows.append({"trial": t.number, "search_value": t.values[0], "rescored_mean": statistics.fmean(accs), "rescored": accs})
-    return rows
+        accs = []
+        for s in range(seeds):
+            run_cfg = cfg.replace(seed=RESCORE_SEED_BASE + s)
+            report = _reporter(on_epoch, f"trial {t.number}", run_cfg)
+            result = train(run_cfg, data, device=device, precision=precision, on_epoch=report)
+            accs.append(result.history[-1].eval_acc)
+        rows.append(
+            {"trial": t.number, "search_value": t.values[0], "rescored_mean": statistics.fmean(accs), "rescored": accs}
+        )
+    chosen = max(rows, key=lambda r: r["rescored_mean"])
+    t = next(t for t in candidates if t.number == chosen["trial"])
+    return Selection(t.number, t.values[0], config_from_params(t.params, spec), top_k, rows)
+
+
+def _reporter(on_epoch: OnEpochDone | None, role: str, cfg: TrialConfig) -> Callable[[EpochStats], None] | None:
+    if on_epoch is None:
+        return None
+    return lambda e: on_epoch(EpochDone(role, cfg.seed, e.epoch, cfg.epochs, e.seconds))
+
+
+# --- running the trainings, here or in worker processes -----------------------------------------
+
+_WORKER: dict[str, Any] = {}  # in a worker process: its data and its progress queue
+
+
+def _init_worker(spec_text: str, name: str, data_dir: Path | None, threads: int, events: Any) -> None:
+    torch.set_num_threads(threads)
+    spec = parse_spec(tomllib.loads(spec_text), name=name, text=spec_text)
+    _WORKER.update(data=spec.load_data(data_dir), events=events)  # moved to a GPU by train() when one is used
+
+
+def _run_in_worker(
+    role: str, cfg: dict[str, Any], out: str, device: str, meta: dict[str, Any], precision: str, cached: bool
+) -> FinalRun:
+    config = TrialConfig.from_dict(cfg)
+    events = _WORKER["events"]
+    return train_final(
+        config,
+        _WORKER["data"],
+        Path(out) / f"{role}-seed{config.seed}.pt",
+        role=role,
+        device=device,
+        precision=precision,
+        meta=meta,
+        cache=RunCache() if cached else None,
+        on_epoch=lambda e: events.put(EpochDone(role, config.seed, e.epoch, config.epochs, e.seconds)),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The final runs to make, one per (seed, role), and how."""
+
+    jobs: list[tuple[str, TrialConfig, bool]]  # (role, config with its seed, from the run cache)
+    out: Path
+    device: torch.device
+    precision: str
+    meta: dict[str, Any]  # recorded in every checkpoint
+
+
+def _run_here(plan: _Plan, data: Dataset, on_epoch: OnEpochDone | None, done: OnRun) -> None:
+    for role, cfg, cached in plan.jobs:
+        path = plan.out / f"{role}-seed{cfg.seed}.pt"
+        report = _reporter(on_epoch, role, cfg)
+        cache = RunCache() if cached else None
+        done(
+            train_final(
+                cfg,
+                data,
+                path,
+                role=role,
+                device=plan.device,
+                precision=plan.precision,
+                meta=plan.meta,
+                cache=cache,
+                on_epoch=report,
+            )
+        )
+
+
+def _run_in_pool(
+    plan: _Plan, spec: StudySpec, data_dir: Path | None, workers: int, on_epoch: OnEpochDone | None, done: OnRun
+) -> None:
+    """`workers` processes, each loading the data once; epochs are reported through a queue."""
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    init = (spec.text, spec.name, data_dir, max(1, (os.cpu_count() or 1) // workers), events)
+
+    def drain() -> None:
+        while True:
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                return
+            if on_epoch is not None:
+                on_epoch(event)
+
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
+        args = (str(plan.out), str(plan.device), plan.meta, plan.precision)
+        pending = {pool.submit(_run_in_worker, role, cfg.to_dict(), *args, cached) for role, cfg, cached in plan.jobs}
+        while pending:
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            drain()
+            for future in finished:
+                done(future.result())
+    drain()
+
+
+def _model_result(table: pd.DataFrame, role: str, cfg: TrialConfig) -> ModelResult:
+    rows = table[table.role == role].sort_values("seed")
+    s = summarize(rows.test_accuracy.tolist())
+    return ModelResult(
+        config=cfg.to_dict(),
+        seeds=rows.seed.tolist(),
+        test_accuracy=rows.test_accuracy.tolist(),
+        mean=s.mean,
+        std=s.std,
+        ci95=list(s.ci95),
+        params=int(rows.params.iloc[0]),
+        macs=int(rows.macs.iloc[0]),
+        seconds_per_epoch=float(rows.seconds_per_epoch.median()),
+        precision=str(rows.precision.iloc[0]),
+        checkpoints=rows.checkpoint.tolist(),
+        sources=rows.source.tolist(),
+    )
 
 
 def retrain_best(
@@ -148,103 +311,92 @@ def retrain_best(
     device: str = "auto",
     workers: int | None = None,
     precision: str | None = None,
-    data_dir: Any = None,
+    data_dir: Path | None = None,
     studies_dir: Path | None = None,
-    on_run: Callable[[Run], None] | None = None,
-) -> dict[str, Any]:
-    """Retrain the best trial and the baseline(s) on every seed; return the comparison.
+    use_cache: bool = True,
+    on_epoch: OnEpochDone | None = None,
+    on_run: OnRun | None = None,
+) -> RetrainResult:
+    """Retrain the selected trial and the baseline(s) on every seed; return the comparison.
 
     `epochs` defaults to the first baseline's epochs (20 for BASELINE), used for all.
     `precision` (auto, fp32, bf16) defaults to the study's; every run uses it.
     `workers` runs that many trainings at once in separate processes, each with
     cores / workers threads (default: one per core on a CPU, one on a GPU).
+    `use_cache`: take baseline runs from the shared run cache when they are there.
     """
     if seeds < 2:
-        raise ValueError("seeds: need at least 2 to estimate an interval")
-    study = get_study(study_name, url)
+        raise ConfigError("seeds: need at least 2 to estimate an interval")
+    base_cfgs = {name: named_config(name) for name in baselines}
+    study = open_study(study_name, url)
     spec = spec_of(study)
-    candidates = best_trials(study, k=top_k)
     dev = resolve_device(device)
     precision = precision or spec.precision
-    data = load_spec_data(spec, data_dir)
-    rescored: list[dict[str, Any]] = []
-    chosen = candidates[0]
-    if top_k > 1:
-        rescored = rescore(candidates, spec, data, seeds, dev, precision)
-        number = max(rescored, key=lambda r: r["rescored_mean"])["trial"]
-        chosen = next(t for t in candidates if t.number == number)
-    best_cfg = config_from_params(chosen.params, spec)
-    base_cfgs = {name: named_config(name) for name in baselines}
-    for cfg in (best_cfg, *base_cfgs.values()):
+    data = spec.load_data(data_dir)
+    chosen = select_best(
+        study, spec, data, top_k=top_k, seeds=seeds, device=dev, precision=precision, on_epoch=on_epoch
+    )
+    for cfg in (chosen.config, *base_cfgs.values()):
         resolve_precision(precision, cfg, dev)  # an impossible precision fails before the first run
     budget = epochs or base_cfgs[baselines[0]].epochs
-    out = retrain_dir(study_name, studies_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    roles = {"best": best_cfg, **base_cfgs}
-    jobs = [(role, cfg.replace(epochs=budget, seed=seed)) for seed in range(seeds) for role, cfg in roles.items()]
-    meta = {"trial": chosen.number, "study": study_name}
-    cores = os.cpu_count() or 1
-    n_workers = min(len(jobs), workers or (1 if dev.type != "cpu" else cores))
-    runs: list[Run] = []
+    roles = {role: cfg.replace(epochs=budget) for role, cfg in {"best": chosen.config, **base_cfgs}.items()}
+    jobs = [
+        (role, cfg.replace(seed=s), use_cache and role != "best") for s in range(seeds) for role, cfg in roles.items()
+    ]
+    plan = _Plan(
+        jobs, retrain_dir(study_name, studies_dir), dev, precision, {"trial": chosen.trial, "study": study_name}
+    )
+    plan.out.mkdir(parents=True, exist_ok=True)
+    runs: list[FinalRun] = []
+
+    def done(run: FinalRun) -> None:
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
+
+    n_workers = min(len(jobs), workers or (1 if dev.type != "cpu" else os.cpu_count() or 1))
     if n_workers == 1:
-        for role, cfg in jobs:
-            runs.append(_run_one(role, cfg, data, out, dev, meta, precision))
-            if on_run is not None:
-                on_run(runs[-1])
+        _run_here(plan, data, on_epoch, done)
     else:
-        init = (spec.text, spec.name, data_dir, max(1, cores // n_workers))
-        with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=init) as pool:
-            futures = [pool.submit(_run_in_worker, role, cfg.to_dict(), str(out), str(dev), meta, precision) for role, cfg in jobs]
-            for future in as_completed(futures):
-                runs.append(future.result())
-                if on_run is not None:
-                    on_run(runs[-1])
-    table = pd.DataFrame([r.__dict__ for r in runs]).sort_values(["seed", "role"], kind="stable")
-    atomic_write_bytes(out / "results.csv", table.to_csv(index=False).encode())
+        _run_in_pool(plan, spec, data_dir, n_workers, on_epoch, done)
+    return _conclude(study_name, chosen, roles, runs, plan.out, data, seeds)
 
-    def block(role: str, cfg: TrialConfig) -> dict[str, Any]:
-        rows = table[table.role == role].sort_values("seed")
-        s = summarize(rows.test_accuracy.tolist())
-        return {
-            "config": cfg.replace(epochs=budget).to_dict(),
-            "seeds": rows.seed.tolist(),
-            "test_accuracy": rows.test_accuracy.tolist(),
-            "mean": s.mean,
-            "std": s.std,
-            "ci95": list(s.ci95),
-            "params": int(rows.params.iloc[0]),
-            "macs": int(rows.macs.iloc[0]),
-            "seconds_per_epoch": float(rows.seconds_per_epoch.median()),
-            "precision": rows.precision.iloc[0],
-            "checkpoints": rows.checkpoint.tolist(),
-        }
 
-    result: dict[str, Any] = {
-        "study": study_name,
-        "trial": chosen.number,
-        "search_value": chosen.values[0],
-        "top_k": top_k,
-        "rescored": rescored,
-        "epochs": budget,
-        "n_seeds": seeds,
-        "dataset": data.meta(),
-        "best": block("best", best_cfg),
-        "results_csv": str(out / "results.csv"),
+def _conclude(
+    study_name: str, chosen: Selection, roles: dict[str, TrialConfig], runs: list[FinalRun], out: Path,
+    data: Dataset, seeds: int,
+) -> RetrainResult:
+    """Tables, statistics and the result, written to results.csv and summary.json."""
+    table = pd.DataFrame([r.to_dict() for r in runs]).sort_values(["seed", "role"], kind="stable")
+    atomic_write_text(out / "results.csv", table.to_csv(index=False))
+    models = {role: _model_result(table, role, cfg) for role, cfg in roles.items()}
+    tuned = models["best"].test_accuracy
+    comparisons = {
+        name: compare(tuned, models[name].test_accuracy, paired=True, names=("the tuned model", f"the {name}"))
+        for name in list(roles)[1:]
     }
-    comparisons = {}
-    for name, cfg in base_cfgs.items():
-        result[name] = block(name, cfg)
-        a = table[table.role == "best"].sort_values("seed").test_accuracy.tolist()
-        b = table[table.role == name].sort_values("seed").test_accuracy.tolist()
-        comparisons[name] = compare(a, b, paired=True, names=("the tuned model", f"the {name}")).to_dict()
-    result["difference"] = comparisons[baselines[0]]
-    result["comparisons"] = comparisons
-    atomic_write_bytes(out / "summary.json", json.dumps(result, indent=2).encode())
+    result = RetrainResult(
+        study=study_name,
+        trial=chosen.trial,
+        search_value=chosen.search_value,
+        top_k=chosen.top_k,
+        rescored=chosen.rescored,
+        epochs=roles["best"].epochs,
+        n_seeds=seeds,
+        dataset=data.meta(),
+        models=models,
+        comparisons=comparisons,
+        results_csv=str(out / "results.csv"),
+    )
+    atomic_write_text(out / "summary.json", json.dumps(result.to_dict(), indent=2))
     return result
 
 
-def load_summary(study_name: str, studies_dir: Path | None = None) -> dict[str, Any]:
+def load_result(study_name: str, studies_dir: Path | None = None) -> RetrainResult:
     path = retrain_dir(study_name, studies_dir) / "summary.json"
     if not path.exists():
-        raise StudyError(f"no retrain results for study {study_name!r} ({path}); run `python -m lenet_hpo retrain-best --study {study_name}` first")
-    return json.loads(path.read_text())
+        raise StudyError(
+            f"no retrain results for study {study_name!r} ({path});"
+            f" run `python -m lenet_hpo retrain-best --study {study_name}` first"
+        )
+    return RetrainResult.from_dict(json.loads(path.read_text()))

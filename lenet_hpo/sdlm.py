@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from lenet_hpo.classic import RBFOutput, Subsample, TableConv2d
+from lenet_hpo.classic import RBFOutput, ScaledTanh, Subsample, TableConv2d
 from lenet_hpo.config import SDLM_CURVATURES
-from lenet_hpo.model import ScaledTanh
+from lenet_hpo.errors import ConfigError
 
 GRADIENT_FLOATS = 20_000_000  # per-pattern gradients held at once (~80 MB of float32)
 # Squashing units, through which d2E/da2 = f'(a)^2 d2E/dx2 (the paper's rule).
@@ -56,9 +56,9 @@ class SDLM(torch.optim.Optimizer):
         curvature: str = "gauss_newton",
     ) -> None:
         if lr <= 0 or mu <= 0 or weight_decay < 0:
-            raise ValueError(f"sdlm: invalid lr={lr}, mu={mu}, weight_decay={weight_decay}")
+            raise ConfigError(f"sdlm: invalid lr={lr}, mu={mu}, weight_decay={weight_decay}")
         if curvature not in SDLM_CURVATURES:
-            raise ValueError(f"sdlm_curvature: unknown {curvature!r} (one of {', '.join(SDLM_CURVATURES)})")
+            raise ConfigError(f"sdlm_curvature: unknown {curvature!r} (one of {', '.join(SDLM_CURVATURES)})")
         self.curvature_method = curvature
         super().__init__(params, {"lr": lr, "mu": mu, "weight_decay": weight_decay})
 
@@ -159,7 +159,9 @@ def gauss_newton_diagonal(
             signs = torch.randint(0, 2, head_input.shape, generator=generator).to(head_input) * 2 - 1
             r_head = signs * curvature(probs[:, :k]).clamp(min=0).sqrt().unsqueeze(1)
 
-        def probe_value(ps: dict[str, torch.Tensor], xi: torch.Tensor, rz: torch.Tensor, rh: torch.Tensor) -> torch.Tensor:
+        def probe_value(
+            ps: dict[str, torch.Tensor], xi: torch.Tensor, rz: torch.Tensor, rh: torch.Tensor
+        ) -> torch.Tensor:
             z, h = functional_call(model, ({**ps, **frozen}, buffers), (xi.unsqueeze(0),), {"return_head_input": True})
             return (z[0] * rz).sum() + (h[0] * rh).sum()
 
@@ -176,7 +178,9 @@ def gauss_newton_diagonal(
     return [totals[n] / len(x) for n in names]
 
 
-def paper_diagonal(model: nn.Module, x: torch.Tensor, loss_logits: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+def paper_diagonal(
+    model: nn.Module, x: torch.Tensor, loss_logits: Callable[[torch.Tensor], torch.Tensor]
+) -> list[torch.Tensor]:
     """The paper's h_kk (its Appendix C): diagonal second derivatives back-propagated
     layer by layer with the Gauss-Newton approximation, averaged over the patterns `x`.
 
@@ -212,13 +216,13 @@ def paper_diagonal(model: nn.Module, x: torch.Tensor, loss_logits: Callable[[tor
             else:
                 curv, back = d2, layers
             for layer, inp in zip(reversed(back), reversed(inputs[: len(back)]), strict=True):
-                curv = _diagonal_step(layer, inp, curv, totals)
+                curv = diagonal_step(layer, inp, curv, totals)
     finally:
         model.train(was_training)
     return [totals[p] / len(x) for p in params]
 
 
-def _diagonal_step(
+def diagonal_step(
     layer: nn.Module, x: torch.Tensor, curv: torch.Tensor, totals: dict[nn.Parameter, torch.Tensor]
 ) -> torch.Tensor:
     """Add `layer`'s parameters' diagonal second derivatives (summed over the batch) to
@@ -256,7 +260,7 @@ def _diagonal_step(
             a = x.detach().requires_grad_()
             (slope,) = torch.autograd.grad(layer(a).sum(), a)
         return curv * slope.square()
-    raise ValueError(
+    raise ConfigError(
         f"sdlm_curvature 'paper': no diagonal rule for {type(layer).__name__}; use sdlm_curvature = 'gauss_newton'"
     )
 

@@ -10,6 +10,9 @@ params retried.  A worker that dies while claiming (before its trial's first
 heartbeat) leaves a RUNNING trial without the `claimed` mark; the next claim
 fails it.  A worker outlives a dropped database connection: it reconnects and
 goes on (`RECOVERABLE`).
+
+Nothing here prints: progress reaches the caller through `on_event` (each finished
+or retried trial) and `on_progress` (the study's state, about once a second).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import time
 import tomllib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -35,17 +39,18 @@ import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from lenet_hpo.config import BASELINE, TrialConfig
-from lenet_hpo.data import Dataset, load_data
-from lenet_hpo.errors import StorageError, StudyError
+from lenet_hpo import __version__
+from lenet_hpo.config import BASELINE
+from lenet_hpo.data import Dataset
+from lenet_hpo.errors import LenetHpoError, StorageError, StudyError
+from lenet_hpo.layout import best_cpu_layout
 from lenet_hpo.model import build_model, count_macs
 from lenet_hpo.space import StudySpec, load_spec, params_for, suggest_config
 from lenet_hpo.storage import DEFAULT_HEARTBEAT, ClaimLock, Heartbeat, mask_url, open_storage
+from lenet_hpo.studies import count_states
 from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
 log = logging.getLogger(__name__)
-# fail_stale_trials and RetryFailedTrialCallback are marked experimental; we rely on them knowingly.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_S = 1.0
 MAX_STORAGE_RETRIES = 8  # consecutive failed rounds (backoff 1, 2, 4 ... 30 s) before a worker gives up
@@ -58,10 +63,8 @@ class ClaimLostError(StorageError):
 # What a worker outlives: a dropped connection (SQLAlchemy, or Optuna wrapping it), a
 # lost claim lock, or its trial failed by another worker after missed heartbeats.
 RECOVERABLE: tuple[type[Exception], ...] = (
-    sqlalchemy.exc.SQLAlchemyError,
-    optuna.exceptions.StorageInternalError,
-    optuna.exceptions.UpdateFinishedTrialError,
-    ClaimLostError,
+    sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+    optuna.exceptions.UpdateFinishedTrialError, ClaimLostError,
 )
 
 
@@ -85,33 +88,49 @@ class SearchSummary:
     pareto: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """A trial that finished ("complete", "pruned", "failed") or was started again with a
+    failed trial's params ("retried")."""
+
+    kind: str
+    trial: FrozenTrial
+
+
+@dataclass(frozen=True)
+class Progress:
+    finished: int  # COMPLETE + PRUNED
+    total: int  # the study-wide budget
+    running: int
+    failed: int
+    best_value: float | None
+    seconds: float  # since this search started
+
+
+OnEvent = Callable[[TrialEvent], None]
+OnProgress = Callable[[Progress], None]
 
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "optuna", "sqlalchemy", "lenet-hpo"):
+    for pkg in ("torch", "torchvision", "optuna", "sqlalchemy"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
-            from lenet_hpo import __version__
-
-            out[pkg] = __version__ if pkg == "lenet-hpo" else "not installed"
+            out[pkg] = "not installed"
+    out["lenet-hpo"] = __version__
     return out
 
 
-def load_spec_data(spec: StudySpec, data_dir: Any = None) -> Dataset:
-    return load_data(
-        spec.dataset,
-        data_dir=data_dir,
-        val_size=spec.val_size,
-        split_seed=spec.split_seed,
-        resize=spec.resize,
-        train_limit=spec.train_limit,
-    )
+# --- creating or resuming a study ----------------------------------------------------------
 
 
-def prepare_study(spec: StudySpec, url: str, data: Dataset, *, heartbeat: Heartbeat, sampler_seed: int | None = None) -> optuna.Study:
+def prepare_study(
+    spec: StudySpec, url: str, data: Dataset, *, heartbeat: Heartbeat, sampler_seed: int | None = None
+) -> optuna.Study:
     """Create the study (or load it, checking it was made from the same file and data),
     record what makes it reproducible, and enqueue BASELINE when it lies in the space.
     Under the claim lock, so searches started at the same moment on several machines
@@ -126,7 +145,8 @@ def prepare_study(spec: StudySpec, url: str, data: Dataset, *, heartbeat: Heartb
 
 
 def _same_settings(stored: str | None, text: str) -> bool:
-    """Whether a study created from `stored` may go on with the file `text`: the same settings (comments may differ)."""
+    """Whether a study created from `stored` may go on with the file `text`: the same settings
+    (comments may differ)."""
     if stored is None or stored == text:
         return True
     try:
@@ -135,7 +155,9 @@ def _same_settings(stored: str | None, text: str) -> bool:
         return False
 
 
-def _prepare(spec: StudySpec, url: str, storage: optuna.storages.BaseStorage, data: Dataset, sampler_seed: int | None) -> optuna.Study:
+def _prepare(
+    spec: StudySpec, url: str, storage: optuna.storages.BaseStorage, data: Dataset, sampler_seed: int | None
+) -> optuna.Study:
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if spec.name in existing:
         attrs = existing[spec.name].user_attrs
@@ -166,15 +188,35 @@ def _prepare(spec: StudySpec, url: str, storage: optuna.storages.BaseStorage, da
     return study
 
 
-def make_objective(spec: StudySpec, data: Dataset, device: torch.device, on_start: Callable[[optuna.Trial], None]) -> Callable[[optuna.Trial], Any]:
-    def objective(trial: optuna.Trial) -> Any:
-        on_start(trial)  # the trial is RUNNING: let other workers claim theirs
+# --- one trial --------------------------------------------------------------------------------
+
+
+class Objective:
+    """Train one trial's config, report each epoch to Optuna, and prune when told to.
+
+    `finished` is the number of the last trial this objective returned a result for:
+    if Optuna then refuses to record it, that trial was failed by another worker."""
+
+    def __init__(self, spec: StudySpec, data: Dataset, device: torch.device, on_start: Callable[[optuna.Trial], None]):
+        self.spec, self.data, self.device, self.on_start = spec, data, device, on_start
+        self.finished: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self.on_start(trial)  # the trial is RUNNING: let other workers claim theirs
+        spec, data = self.spec, self.data
         cfg = suggest_config(trial, spec)
         model = build_model(cfg, in_channels=data.channels, num_classes=data.num_classes)
         n_params = sum(p.numel() for p in model.parameters())
         macs = count_macs(model, data.channels)
-        precision = resolve_precision(spec.precision, cfg, device)
-        attrs = {"config": cfg.to_dict(), "params": n_params, "macs": macs, "seed": cfg.seed, "device": str(device), "precision": precision}
+        precision = resolve_precision(spec.precision, cfg, self.device)
+        attrs = {
+            "config": cfg.to_dict(),
+            "params": n_params,
+            "macs": macs,
+            "seed": cfg.seed,
+            "device": str(self.device),
+            "precision": precision,
+        }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         history: list[dict[str, float]] = []
@@ -187,12 +229,14 @@ def make_objective(spec: StudySpec, data: Dataset, device: torch.device, on_star
             trial.set_user_attr("history", history)
             trial.set_user_attr("seconds_per_epoch", sum(h["seconds"] for h in history) / len(history))
             if not spec.multi_objective:
-                trial.report(e.val_acc, e.epoch)
+                trial.report(e.eval_acc, e.epoch)
                 if not reference and trial.should_prune():
                     trial.set_user_attr("outcome", "pruned")
-                    raise optuna.TrialPruned(f"pruned after epoch {e.epoch} at validation accuracy {e.val_acc:.4f}")
+                    self.finished = trial.number
+                    raise optuna.TrialPruned(f"pruned after epoch {e.epoch} at validation accuracy {e.eval_acc:.4f}")
 
-        result = train(cfg, data, device=device, on_epoch=on_epoch, precision=precision)
+        result = train(cfg, data, device=self.device, on_epoch=on_epoch, precision=precision)
+        self.finished = trial.number
         if result.outcome == "diverged":
             epoch = len(result.history)
             trial.set_user_attr("outcome", "diverged")
@@ -201,19 +245,10 @@ def make_objective(spec: StudySpec, data: Dataset, device: torch.device, on_star
                 raise RuntimeError(f"diverged: loss became NaN/inf in epoch {epoch}")
             raise optuna.TrialPruned(f"diverged: loss became NaN/inf in epoch {epoch}")
         trial.set_user_attr("outcome", "completed")
-        value = result.history[-1].val_acc
+        value = result.history[-1].eval_acc
         if spec.multi_objective:
             return value, float(n_params if spec.objectives[1] == "params" else macs)
         return value
-
-    return objective
-
-
-def count_states(study: optuna.Study) -> dict[TrialState, int]:
-    counts = dict.fromkeys(TrialState, 0)
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state] += 1
-    return counts
 
 
 def fail_orphans(study: optuna.Study, worker: str | None = None) -> None:
@@ -229,7 +264,110 @@ def fail_orphans(study: optuna.Study, worker: str | None = None) -> None:
 
 def _short(exc: BaseException) -> str:
     cause = exc.__cause__ or exc
-    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+# --- a worker ---------------------------------------------------------------------------------
+
+
+class Worker:
+    """Claims and runs trials on one study until its budget is reached."""
+
+    def __init__(
+        self, spec: StudySpec, url: str, data: Dataset, device: torch.device, heartbeat: Heartbeat,
+        sampler_seed: int | None,
+    ) -> None:
+        self.spec, self.url = spec, url
+        self.storage = open_storage(url, heartbeat=heartbeat)
+        self.study = optuna.load_study(
+            study_name=spec.name,
+            storage=self.storage,
+            sampler=spec.make_sampler(0 if sampler_seed is None else sampler_seed),
+            pruner=spec.make_pruner(),
+        )
+        self.lock = ClaimLock(url, spec.name)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.objective = Objective(spec, data, device, on_start=self._started)
+
+    def _started(self, trial: optuna.Trial) -> None:
+        self.storage.record_heartbeat(trial._trial_id)  # from now on a dead worker is caught by heartbeats
+        trial.set_user_attr("worker", self.name)
+        trial.set_user_attr("claimed", trial.number)  # not an orphan (see fail_orphans)
+        if not self.lock.release():
+            raise ClaimLostError(
+                "the claim lock was lost while starting this trial (database connection dropped):"
+                " it is failed so that the budget stays exact"
+            )
+
+    def claim_and_run(self, n_trials: int) -> bool | None:
+        """One round under the claim lock: True when a trial ran, False when the budget is
+        reached, None when running trials may still need retries (wait and ask again)."""
+        self.lock.acquire()
+        try:
+            with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: FAIL, then retried
+            fail_orphans(self.study)
+            counts = count_states(self.study)
+            done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            if done >= n_trials:
+                return False
+            if done + counts[TrialState.RUNNING] >= n_trials:
+                return None  # a running trial may still fail and need a retry
+            # The lock is released inside the objective once the trial is RUNNING.
+            self.study.optimize(self.objective, n_trials=1, catch=(RuntimeError,), gc_after_trial=False)
+            return True
+        except KeyboardInterrupt:
+            # Optuna fails the trial when the interrupt lands in the objective, not when
+            # it lands while claiming or finishing; leave nothing of ours RUNNING.
+            if not self.lock.held:
+                self.lock.acquire()
+            fail_orphans(self.study, self.name)
+            raise
+        finally:
+            self.lock.release()
+
+    def lost_own_trial(self, exc: Exception) -> bool:
+        """Whether `exc` is Optuna refusing a result of ours because another worker had
+        already failed that trial (its heartbeats were late)."""
+        if isinstance(exc, LenetHpoError) or not isinstance(exc, ValueError) or self.objective.finished is None:
+            return False
+        number = self.objective.finished
+        return any(t.number == number and t.state == TrialState.FAIL for t in self.study.get_trials(deepcopy=False))
+
+    def run(self, n_trials: int, deadline: float | None) -> int:
+        """Run trials until the study has `n_trials` finished ones (or `deadline`, a
+        time.monotonic() value, passes).  Returns the number of trials this worker ran."""
+        ran = failures = 0
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                if _interrupted.is_set():
+                    raise KeyboardInterrupt  # the first one was swallowed (by an import inside torch, say)
+                try:
+                    outcome = self.claim_and_run(n_trials)
+                    failures = 0
+                except (*RECOVERABLE, ValueError) as exc:
+                    if not isinstance(exc, RECOVERABLE) and not self.lost_own_trial(exc):
+                        raise
+                    failures += 1
+                    if failures > MAX_STORAGE_RETRIES:
+                        raise StorageError(
+                            f"worker {self.name} gave up after {failures} storage errors in a row"
+                            f" (last: {_short(exc)}); check the database, then rerun"
+                        ) from exc
+                    delay = min(30, 2 ** (failures - 1))
+                    log.warning("worker %s: %s; retrying in %d s", self.name, _short(exc), delay)
+                    time.sleep(delay)
+                    continue
+                if outcome is False:
+                    break
+                if outcome is None:
+                    time.sleep(POLL_S)
+                ran += outcome is True
+        finally:
+            self.lock.close()
+        return ran
 
 
 def run_worker(
@@ -243,76 +381,15 @@ def run_worker(
     sampler_seed: int | None = None,
     deadline: float | None = None,
     heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
-    data_dir: Any = None,
+    data_dir: Path | None = None,
 ) -> int:
-    """Run trials until the study has `n_trials` finished ones (or `deadline`, a
-    time.monotonic() value, passes).  Returns the number of trials this worker ran."""
+    """One worker in this process (see `Worker.run`)."""
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     resolve_precision(spec.precision, spec.base_config(), dev)  # an impossible precision fails before any trial
-    data = (data if data is not None else load_spec_data(spec, data_dir)).to(dev)
-    storage = open_storage(url, heartbeat=heartbeat)
-    study = optuna.load_study(
-        study_name=spec.name,
-        storage=storage,
-        sampler=spec.make_sampler(0 if sampler_seed is None else sampler_seed),
-        pruner=spec.make_pruner(),
-    )
-    lock = ClaimLock(url, spec.name)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def on_start(trial: optuna.Trial) -> None:
-        storage.record_heartbeat(trial._trial_id)  # from now on a dead worker is caught by heartbeats
-        trial.set_user_attr("worker", worker)
-        trial.set_user_attr("claimed", trial.number)  # not an orphan (see fail_orphans)
-        if not lock.release():
-            raise ClaimLostError("the claim lock was lost while starting this trial (database connection dropped): it is failed so that the budget stays exact")
-
-    objective = make_objective(spec, data, dev, on_start=on_start)
-    ran = failures = 0
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            if _interrupted.is_set():
-                raise KeyboardInterrupt  # the first one was swallowed (by an import inside torch, say)
-            try:
-                lock.acquire()
-                try:
-                    optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, then retried
-                    fail_orphans(study)
-                    counts = count_states(study)
-                    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-                    if done >= n_trials:
-                        break
-                    if done + counts[TrialState.RUNNING] >= n_trials:
-                        lock.release()  # wait: a running trial may still fail and need a retry
-                        time.sleep(POLL_S)
-                        continue
-                    # The lock is released inside the objective once the trial is RUNNING.
-                    study.optimize(objective, n_trials=1, catch=(RuntimeError,), gc_after_trial=False)
-                    ran += 1
-                except KeyboardInterrupt:
-                    # Optuna fails the trial when the interrupt lands in the objective, not when
-                    # it lands while claiming or finishing; leave nothing of ours RUNNING.
-                    if not lock.held:
-                        lock.acquire()
-                    fail_orphans(study, worker)
-                    raise
-                finally:
-                    lock.release()
-                failures = 0
-            except (*RECOVERABLE, ValueError) as exc:
-                if isinstance(exc, ValueError) and not str(exc).startswith("Cannot tell a"):
-                    raise  # only Optuna's "Cannot tell a FAIL trial": ours was failed by another worker
-                failures += 1
-                if failures > MAX_STORAGE_RETRIES:
-                    raise StorageError(f"worker {worker} gave up after {failures} storage errors in a row (last: {_short(exc)}); check the database, then rerun") from exc
-                delay = min(30, 2 ** (failures - 1))
-                log.warning("worker %s: %s; retrying in %d s", worker, _short(exc), delay)
-                time.sleep(delay)
-    finally:
-        lock.close()
-    return ran
+    data = (data if data is not None else spec.load_data(data_dir)).to(dev)
+    return Worker(spec, url, data, dev, heartbeat, sampler_seed).run(n_trials, deadline)
 
 
 _interrupted = threading.Event()  # set in a worker process by its first SIGINT
@@ -339,11 +416,14 @@ def _worker_process(kwargs: dict[str, Any]) -> None:
         os._exit(130)
 
 
-def summarize(study: optuna.Study, spec: StudySpec, url: str, n_trials: int, seconds: float, workers: int, threads: int) -> SearchSummary:
+# --- watching and summing up ------------------------------------------------------------------
+
+
+def summarize(
+    study: optuna.Study, spec: StudySpec, url: str, n_trials: int, seconds: float, workers: int, threads: int
+) -> SearchSummary:
     trials = study.get_trials(deepcopy=False)
-    counts = dict.fromkeys(TrialState, 0)
-    for t in trials:
-        counts[t.state] += 1
+    counts = count_states(study)
     best: FrozenTrial | None = None
     pareto: list[dict[str, Any]] = []
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -375,20 +455,23 @@ def summarize(study: optuna.Study, spec: StudySpec, url: str, n_trials: int, sec
     )
 
 
-class Progress:
-    """Polls the storage: one bar for the study, one line per finished trial."""
+EVENT_KINDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
-    def __init__(self, study: optuna.Study, n_trials: int, *, enabled: bool) -> None:
-        from tqdm import tqdm
 
-        self.study, self.n_trials, self.enabled = study, n_trials, enabled
-        self.reported: set[int] = set()
-        self.bar = tqdm(total=n_trials, desc=study.study_name, unit="trial", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+class Watcher:
+    """Polls the storage in a thread while workers run: an event per finished or retried
+    trial, and the study's progress, about once a second."""
+
+    def __init__(self, study: optuna.Study, n_trials: int, on_event: OnEvent | None, on_progress: OnProgress | None):
+        self.study, self.n_trials = study, n_trials
+        self.on_event, self.on_progress = on_event, on_progress
+        self.seen: set[tuple[int, str]] = set()
+        self.start = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> Progress:
-        self.poll()
+    def __enter__(self) -> Watcher:
+        self.poll(initial=True)
         self._thread.start()
         return self
 
@@ -396,7 +479,6 @@ class Progress:
         self._stop.set()
         self._thread.join()
         self.poll()
-        self.bar.close()
 
     def _loop(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -405,48 +487,90 @@ class Progress:
             except Exception as exc:  # noqa: BLE001 - progress must never stop the search
                 log.debug("progress poll failed: %s", exc)
 
-    def poll(self) -> None:
-        if not self.enabled:
+    def poll(self, initial: bool = False) -> None:
+        """Report what changed since the last poll (`initial`: only remember what is there)."""
+        if self.on_event is None and self.on_progress is None:
             return
-        trials = self.study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state in FINISHED]
-        for t in sorted(trials, key=lambda t: t.number):
-            if t.state.is_finished() and t.number not in self.reported:
-                self.reported.add(t.number)
-                self.bar.write(trial_line(t), file=sys.stderr)
-        self.bar.n = min(len(done), self.n_trials)
-        values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE]
-        if values:
-            self.bar.set_postfix(best=f"{max(values):.4f}", refresh=False)
-        self.bar.refresh()
+        trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
+        for t in trials:
+            kinds = [EVENT_KINDS.get(t.state), "retried" if "failed_trial" in t.system_attrs else None]
+            for kind in filter(None, kinds):
+                if (t.number, kind) not in self.seen:
+                    self.seen.add((t.number, kind))
+                    if not initial and self.on_event is not None:
+                        self.on_event(TrialEvent(kind, t))
+        if self.on_progress is not None:
+            values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE]
+            self.on_progress(
+                Progress(
+                    finished=min(sum(t.state in FINISHED for t in trials), self.n_trials),
+                    total=self.n_trials,
+                    running=sum(t.state == TrialState.RUNNING for t in trials),
+                    failed=sum(t.state == TrialState.FAIL for t in trials),
+                    best_value=max(values) if values else None,
+                    seconds=time.monotonic() - self.start,
+                )
+            )
 
 
-def trial_line(t: FrozenTrial) -> str:
-    hist = t.user_attrs.get("history", [])
-    secs = sum(h["seconds"] for h in hist)
-    role = " (baseline)" if t.user_attrs.get("role") == "baseline" else ""
-    if t.state == TrialState.COMPLETE:
-        what = f"val_acc {t.values[0]:.4f}" + (f", {t.values[1]:,.0f} {'params' if t.values[1] >= 0 else ''}" if len(t.values) > 1 else "")
-    elif t.state == TrialState.PRUNED:
-        last = f" at {hist[-1]['val_acc']:.4f}" if hist and hist[-1]["val_acc"] == hist[-1]["val_acc"] else ""
-        what = f"{t.user_attrs.get('outcome', 'pruned')} after epoch {len(hist)}{last}"
-    else:
-        what = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", "failed")
-    return f"trial {t.number:3d} {t.state.name:8s} {what} ({len(hist)} ep, {secs:.0f} s){role}"
+# --- the search -------------------------------------------------------------------------------
 
 
-def default_layout(device: torch.device, workers: int | None, threads: int | None = None) -> tuple[int, int]:
+def default_layout(
+    device: torch.device, workers: int | None, threads: int | None = None, *, cores: int | None = None
+) -> tuple[int, int]:
     """(workers, threads per worker).  An explicit count wins.  On a CPU the split of
     the cores that trained fastest when measured on this machine (`layout.py`, cached);
     on a GPU several workers share it (one per two cores, at most 4) so its kernels overlap."""
-    cores = os.cpu_count() or 1
+    cores = cores or os.cpu_count() or 1
     if workers is None and threads is None and device.type == "cpu":
-        from lenet_hpo.layout import best_cpu_layout
-
-        return best_cpu_layout()
+        return best_cpu_layout(cores=cores)
     if workers is None:
         workers = min(4, max(1, cores // 2)) if device.type == "cuda" else max(1, cores // (threads or 1))
     return workers, threads or max(1, cores // workers)
+
+
+def _run_processes(
+    spec: StudySpec, url: str, n_trials: int, n_workers: int, seeds: list[int], common: dict[str, Any],
+    deadline: float | None, study: optuna.Study,
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    for k in range(n_workers):
+        kwargs = {
+            **common,
+            "spec_path": str(spec.path),
+            "url": url,
+            "n_trials": n_trials,
+            "sampler_seed": seeds[k],
+            "log_level": logging.getLogger().getEffectiveLevel(),
+            # monotonic clocks are per boot: pass the remaining time instead
+            "deadline": None if deadline is None else time.monotonic() + (deadline - time.monotonic()),
+        }
+        p = ctx.Process(target=_worker_process, args=(kwargs,), name=f"lenet-hpo-worker-{k}")
+        p.start()
+        procs.append(p)
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the workers too, `kill -INT` and `docker stop` only this
+        # process: pass it on (a worker ignores a second one), then let them fail their trials.
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)
+        for p in procs:
+            p.join(timeout=30)
+        raise
+    if any(p.exitcode == 130 for p in procs):
+        raise KeyboardInterrupt  # a worker was interrupted on its own (kill -INT to it)
+    failed = [p.name for p in procs if p.exitcode not in (0, None)]
+    counts = count_states(study)
+    if failed and counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] < n_trials:
+        raise StudyError(
+            f"worker(s) {', '.join(failed)} exited with an error; run with -v for details, then rerun to finish"
+            f" the study"
+        )
 
 
 def run_search(
@@ -460,82 +584,26 @@ def run_search(
     sampler_seed: int | None = None,
     device: str = "auto",
     heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
-    data_dir: Any = None,
-    progress: bool = True,
+    data_dir: Path | None = None,
+    on_event: OnEvent | None = None,
+    on_progress: OnProgress | None = None,
 ) -> SearchSummary:
     """Run (or resume) the study until it has `n_trials` finished trials."""
     start = time.monotonic()
     dev = resolve_device(device)
     n_workers, threads = default_layout(dev, workers, threads)
-    data = load_spec_data(spec, data_dir)
+    data = spec.load_data(data_dir)
     seed = int(spec.sampler.get("seed", 0) or 0) if sampler_seed is None else sampler_seed
     study = prepare_study(spec, url, data, heartbeat=heartbeat, sampler_seed=seed)
     # Distinct sampler seeds per worker and per run, so workers and reruns do not
     # replay each other's random draws.
     run_offset = len(study.get_trials(deepcopy=False))
     deadline = None if timeout is None else start + timeout
-    common = {"device": str(dev), "threads": threads, "deadline": None, "heartbeat": heartbeat, "data_dir": data_dir}
-    with Progress(study, n_trials, enabled=progress):
+    common = {"device": str(dev), "threads": threads, "heartbeat": heartbeat, "data_dir": data_dir}
+    with Watcher(study, n_trials, on_event, on_progress):
         if n_workers == 1:
-            run_worker(spec, url, n_trials, data=data, sampler_seed=seed + run_offset, **{**common, "deadline": deadline})
+            run_worker(spec, url, n_trials, data=data, sampler_seed=seed + run_offset, deadline=deadline, **common)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            procs = []
-            for k in range(n_workers):
-                kwargs = {
-                    **common,
-                    "spec_path": str(spec.path),
-                    "url": url,
-                    "n_trials": n_trials,
-                    "sampler_seed": seed + 1000 * (k + 1) + run_offset,
-                    "log_level": logging.getLogger().getEffectiveLevel(),
-                    # monotonic clocks are per boot: pass the remaining time instead
-                    "deadline": None if deadline is None else time.monotonic() + (deadline - time.monotonic()),
-                }
-                p = ctx.Process(target=_worker_process, args=(kwargs,), name=f"lenet-hpo-worker-{k}")
-                p.start()
-                procs.append(p)
-            try:
-                for p in procs:
-                    p.join()
-            except KeyboardInterrupt:
-                # Ctrl-C reaches the workers too, `kill -INT` and `docker stop` only this
-                # process: pass it on (a worker ignores a second one), then let them fail their trials.
-                for p in procs:
-                    if p.is_alive() and p.pid is not None:
-                        os.kill(p.pid, signal.SIGINT)
-                for p in procs:
-                    p.join(timeout=30)
-                raise
-            if any(p.exitcode == 130 for p in procs):
-                raise KeyboardInterrupt  # a worker was interrupted on its own (kill -INT to it)
-            failed = [p.name for p in procs if p.exitcode not in (0, None)]
-            if failed and count_states(study)[TrialState.COMPLETE] + count_states(study)[TrialState.PRUNED] < n_trials:
-                raise StudyError(f"worker(s) {', '.join(failed)} exited with an error; run with -v for details, then rerun to finish the study")
+            seeds = [seed + 1000 * (k + 1) + run_offset for k in range(n_workers)]
+            _run_processes(spec, url, n_trials, n_workers, seeds, common, deadline, study)
     return summarize(study, spec, url, n_trials, time.monotonic() - start, n_workers, threads)
-
-
-def get_study(study_name: str, url: str) -> optuna.Study:
-    """Load an existing study; a clear error lists the studies that do exist."""
-    storage = open_storage(url, heartbeat=None, create=False)
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
-    if study_name not in names:
-        raise StudyError(f"no study {study_name!r} in {mask_url(url)} (studies there: {', '.join(names) or 'none'})")
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
-    """The k best COMPLETE trials by validation accuracy; a clear error when there are none."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not trials:
-        counts = count_states(study)
-        raise StudyError(
-            f"study {study.study_name!r} has no completed trial ({counts[TrialState.PRUNED]} pruned,"
-            f" {counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running); run"
-            f" `python -m lenet_hpo search --study {study.study_name}` until one completes"
-        )
-    return sorted(trials, key=lambda t: (-t.values[0], t.number))[:k]
-
-
-def config_of(trial: FrozenTrial) -> TrialConfig:
-    return TrialConfig.from_dict(trial.user_attrs["config"])

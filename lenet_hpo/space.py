@@ -20,7 +20,8 @@ A study file:
     name = "tpe"
     seed = 0
 
-    [pruner]                 # median (default), successive_halving, hyperband, threshold, none; other keys go to its constructor
+    [pruner]                 # median (default), successive_halving, hyperband, threshold, none;
+                             # other keys go to its constructor
     name = "median"
 
     [fixed]                  # TrialConfig fields every trial shares
@@ -45,18 +46,31 @@ from typing import Any
 
 import optuna
 
+from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import BASELINE, PRECISIONS, TrialConfig
-from lenet_hpo.data import DATASETS
+from lenet_hpo.data import Dataset, load_data
 from lenet_hpo.errors import StudyError
+from lenet_hpo.files import STUDIES_DIR
 
-STUDIES_DIR = Path("studies")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 OBJECTIVES = ("val_accuracy", "params", "macs")
 SAMPLERS = ("tpe", "random", "qmc", "gp", "nsgaii")
 PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 
 _FIELD_TYPES = {f.name: f.type for f in fields(TrialConfig)}  # "int", "float", "str", "bool"
-_STUDY_KEYS = {"name", "dataset", "val_size", "split_seed", "train_limit", "epochs", "train_seed", "precision", "objectives", "description", "resize"}
+_STUDY_KEYS = {
+    "name",
+    "dataset",
+    "val_size",
+    "split_seed",
+    "train_limit",
+    "epochs",
+    "train_seed",
+    "precision",
+    "objectives",
+    "description",
+    "resize",
+}
 _PARAM_KEYS = {"low", "high", "log", "step", "choices", "when", "off"}
 
 
@@ -64,8 +78,7 @@ def check_name(name: str, what: str = "study") -> str:
     """Names become file names: no path separators, no `..`, nothing hidden."""
     if not NAME_RE.match(name) or ".." in name:
         raise StudyError(
-            f"{what} name {name!r} is not allowed: use letters, digits, '-', '_' and '.'"
-            " (no path separators or '..')"
+            f"{what} name {name!r} is not allowed: use letters, digits, '-', '_' and '.' (no path separators or '..')"
         )
     return name
 
@@ -126,6 +139,17 @@ class StudySpec:
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    def load_data(self, data_dir: Path | None = None) -> Dataset:
+        """The study's dataset, split as the study says."""
+        return load_data(
+            self.dataset,
+            data_dir=data_dir,
+            val_size=self.val_size,
+            split_seed=self.split_seed,
+            resize=self.resize,
+            train_limit=self.train_limit,
+        )
 
     def base_config(self) -> TrialConfig:
         """What every trial shares before its searched values are applied."""
@@ -203,7 +227,11 @@ def params_for(cfg: TrialConfig, spec: StudySpec) -> dict[str, Any] | None:
             return None
     searched = {p.name for p in spec.params}
     for f in fields(TrialConfig):
-        if f.name not in searched and f.name not in ("epochs", "seed") and getattr(cfg, f.name) != getattr(base, f.name):
+        if (
+            f.name not in searched
+            and f.name not in ("epochs", "seed")
+            and getattr(cfg, f.name) != getattr(base, f.name)
+        ):
             return None
     values: dict[str, Any] = {}
     params: dict[str, Any] = {}
@@ -237,6 +265,11 @@ def study_path(study: str, studies_dir: Path | None = None) -> Path:
     return (studies_dir or STUDIES_DIR) / f"{study}.toml"
 
 
+def study_name(study: str) -> str:
+    """The study's name, from a name or a path to its .toml file (checked either way)."""
+    return check_name(study_path(study).stem)
+
+
 def available_studies(studies_dir: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (studies_dir or STUDIES_DIR).glob("*.toml"))
 
@@ -262,18 +295,18 @@ def _require(cond: bool, msg: str) -> None:
         raise StudyError(msg)
 
 
-def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text: str = "") -> StudySpec:
-    unknown = sorted(set(raw) - {"study", "sampler", "pruner", "fixed", "space"})
-    _require(not unknown, f"unknown table [{unknown[0]}] (known: study, sampler, pruner, fixed, space)" if unknown else "")
-    study = dict(raw.get("study", {}))
+def _parse_study_table(study: dict[str, Any], name: str) -> dict[str, Any]:
+    """The [study] table, checked: StudySpec's keyword arguments from it."""
     bad = sorted(set(study) - _STUDY_KEYS)
     _require(not bad, f"unknown key study.{bad[0]} (known: {', '.join(sorted(_STUDY_KEYS))})" if bad else "")
-    name = check_name(str(study.get("name", name)))
     dataset = study.get("dataset", "mnist")
     _require(dataset in DATASETS, f"study.dataset: {dataset!r} is not one of {', '.join(DATASETS)}")
     for key in ("val_size", "split_seed", "train_limit", "epochs", "train_seed"):
         v = study.get(key)
-        _require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), f"study.{key}: expected a non-negative integer, got {v!r}")
+        _require(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+            f"study.{key}: expected a non-negative integer, got {v!r}",
+        )
     epochs = study.get("epochs", 4)
     _require(epochs >= 1, "study.epochs: must be at least 1")
     precision = study.get("precision", "auto")
@@ -283,56 +316,82 @@ def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text
         objectives[:1] == ("val_accuracy",) and len(objectives) <= 2 and set(objectives) <= set(OBJECTIVES),
         f"study.objectives: {list(objectives)} must be ['val_accuracy'] or ['val_accuracy', 'params' or 'macs']",
     )
-    sampler = dict(raw.get("sampler", {"name": "tpe"}))
-    _require(sampler.get("name", "tpe") in SAMPLERS, f"sampler.name: {sampler.get('name')!r} is not one of {', '.join(SAMPLERS)}")
-    pruner = dict(raw.get("pruner", {"name": "median"}))
-    _require(pruner.get("name", "median") in PRUNERS, f"pruner.name: {pruner.get('name')!r} is not one of {', '.join(PRUNERS)}")
+    resize = study.get("resize", "pad")
+    _require(resize in ("pad", "resize"), f"study.resize: {resize!r} is not pad or resize")
+    return {
+        "name": check_name(str(study.get("name", name))),
+        "dataset": dataset,
+        "val_size": study.get("val_size", 10_000),
+        "split_seed": study.get("split_seed", 0),
+        "train_limit": study.get("train_limit") or None,
+        "resize": resize,
+        "epochs": epochs,
+        "train_seed": study.get("train_seed", 0),
+        "precision": precision,
+        "objectives": objectives,
+        "description": str(study.get("description", "")),
+    }
 
-    fixed = dict(raw.get("fixed", {}))
-    for key in fixed:
-        _require(key in _FIELD_TYPES and key not in ("epochs", "seed"), f"unknown key fixed.{key} (a TrialConfig field other than epochs and seed; set those in [study])")
-    params = tuple(_parse_param(k, v) for k, v in raw.get("space", {}).items())
-    spec = StudySpec(
-        name=name,
-        path=path,
-        text=text,
-        dataset=dataset,
-        val_size=study.get("val_size", 10_000),
-        split_seed=study.get("split_seed", 0),
-        train_limit=study.get("train_limit") or None,
-        resize=study.get("resize", "pad"),
-        epochs=epochs,
-        train_seed=study.get("train_seed", 0),
-        precision=precision,
-        objectives=objectives,
-        sampler=sampler,
-        pruner=pruner,
-        fixed=fixed,
-        params=params,
-        description=str(study.get("description", "")),
-    )
-    _require(spec.resize in ("pad", "resize"), f"study.resize: {spec.resize!r} is not pad or resize")
+
+def _check_space(spec: StudySpec) -> None:
+    """Conditions refer to earlier fields, and every corner of the space is a valid config
+    (checked now, not mid-search)."""
     seen: set[str] = set()
-    for p in params:
+    for p in spec.params:
         for k in p.when:
             _require(k in seen, f"space.{p.name}.when: {k!r} must be a field searched before {p.name}")
         seen.add(p.name)
-    # Every corner of the space must be a valid config: check the bounds now, not mid-search.
     try:
         spec.base_config()
-        for p in params:
-            for v in (p.choices if p.kind == "categorical" else (p.low, p.high)):
+        for p in spec.params:
+            for v in p.choices if p.kind == "categorical" else (p.low, p.high):
                 spec.base_config().replace(**{p.name: v})
     except ValueError as exc:
         raise StudyError(f"space: {exc}") from None
+
+
+def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text: str = "") -> StudySpec:
+    unknown = sorted(set(raw) - {"study", "sampler", "pruner", "fixed", "space"})
+    _require(
+        not unknown, f"unknown table [{unknown[0]}] (known: study, sampler, pruner, fixed, space)" if unknown else ""
+    )
+    study = _parse_study_table(dict(raw.get("study", {})), name)
+    sampler = dict(raw.get("sampler", {"name": "tpe"}))
+    _require(
+        sampler.get("name", "tpe") in SAMPLERS,
+        f"sampler.name: {sampler.get('name')!r} is not one of {', '.join(SAMPLERS)}",
+    )
+    pruner = dict(raw.get("pruner", {"name": "median"}))
+    _require(
+        pruner.get("name", "median") in PRUNERS,
+        f"pruner.name: {pruner.get('name')!r} is not one of {', '.join(PRUNERS)}",
+    )
+    fixed = dict(raw.get("fixed", {}))
+    for key in fixed:
+        _require(
+            key in _FIELD_TYPES and key not in ("epochs", "seed"),
+            f"unknown key fixed.{key} (a TrialConfig field other than epochs and seed; set those in [study])",
+        )
+    params = tuple(_parse_param(k, v) for k, v in raw.get("space", {}).items())
+    spec = StudySpec(path=path, text=text, sampler=sampler, pruner=pruner, fixed=fixed, params=params, **study)
+    _check_space(spec)
     if spec.multi_objective:
-        _require(pruner.get("name", "median") == "none", "pruner: Optuna cannot prune multi-objective studies; set [pruner] name = \"none\"")
+        _require(
+            pruner.get("name", "median") == "none",
+            'pruner: Optuna cannot prune multi-objective studies; set [pruner] name = "none"',
+        )
     return spec
 
 
 def _parse_param(name: str, raw: Any) -> Param:
-    _require(name in _FIELD_TYPES and name not in ("epochs", "seed"), f"unknown key space.{name} (search TrialConfig fields: {', '.join(k for k in _FIELD_TYPES if k not in ('epochs', 'seed'))})")
-    _require(isinstance(raw, dict), f"space.{name}: expected a table like {{ low = 1, high = 8 }} or {{ choices = [...] }}")
+    _require(
+        name in _FIELD_TYPES and name not in ("epochs", "seed"),
+        f"unknown key space.{name} (search TrialConfig fields:"
+        f" {', '.join(k for k in _FIELD_TYPES if k not in ('epochs', 'seed'))})",
+    )
+    _require(
+        isinstance(raw, dict), f"space.{name}: expected a table like {{ low = 1, high = 8 }} or {{ choices = [...] }}"
+    )
     bad = sorted(set(raw) - _PARAM_KEYS)
     _require(not bad, f"unknown key space.{name}.{bad[0]} (known: {', '.join(sorted(_PARAM_KEYS))})" if bad else "")
     when = raw.get("when", {})
@@ -340,19 +399,27 @@ def _parse_param(name: str, raw: Any) -> Param:
     if "choices" in raw:
         choices = raw["choices"]
         _require(isinstance(choices, list) and len(choices) > 0, f"space.{name}.choices: expected a non-empty list")
-        _require(not ({"low", "high", "log", "step", "off"} & set(raw)), f"space.{name}: choices cannot be combined with low/high/log/step/off")
+        _require(
+            not ({"low", "high", "log", "step", "off"} & set(raw)),
+            f"space.{name}: choices cannot be combined with low/high/log/step/off",
+        )
         return Param(name, "categorical", choices=tuple(choices), when=dict(when))
     _require("low" in raw and "high" in raw, f"space.{name}: needs low and high, or choices")
     kind = _FIELD_TYPES[name]
     _require(kind in ("int", "float"), f"space.{name}: a {kind} field takes choices, not low/high")
     low, high = raw["low"], raw["high"]
     for key, v in (("low", low), ("high", high)):
-        _require(isinstance(v, (int, float)) and not isinstance(v, bool), f"space.{name}.{key}: expected a number, got {v!r}")
+        _require(
+            isinstance(v, (int, float)) and not isinstance(v, bool), f"space.{name}.{key}: expected a number, got {v!r}"
+        )
         _require(kind == "float" or isinstance(v, int), f"space.{name}.{key}: {name} is an integer field, got {v!r}")
     _require(low <= high, f"space.{name}: low {low} is above high {high}")
     log = raw.get("log", False)
     _require(isinstance(log, bool), f"space.{name}.log: expected true or false")
     _require(not log or low > 0, f"space.{name}: a log range needs low > 0")
     step = raw.get("step")
-    _require(step is None or (isinstance(step, (int, float)) and step > 0 and not log), f"space.{name}.step: expected a positive number (not with log)")
+    _require(
+        step is None or (isinstance(step, (int, float)) and step > 0 and not log),
+        f"space.{name}.step: expected a positive number (not with log)",
+    )
     return Param(name, kind, low=low, high=high, log=log, step=step, when=dict(when), off=raw.get("off"))

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as st
+
+from lenet_hpo.errors import ConfigError
 
 ALPHA = 0.05
 
@@ -44,6 +47,11 @@ class Comparison:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "ci95": tuple(known["ci95"])})
+
 
 def t_interval(mean: float, sem: float, dof: float, level: float = 0.95) -> tuple[float, float]:
     if dof <= 0 or not math.isfinite(sem):
@@ -58,7 +66,7 @@ def summarize(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0))
     """Mean, std and 95% t-interval; the interval is clipped to `bounds` (accuracies)."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
-        raise ValueError("values: need at least one value")
+        raise ConfigError("values: need at least one value")
     n = int(x.size)
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else 0.0
@@ -68,13 +76,19 @@ def summarize(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0))
     return Summary(n=n, mean=mean, std=std, ci95=ci)
 
 
-def compare(a: Sequence[float], b: Sequence[float], *, paired: bool = True, names: tuple[str, str] = ("the tuned model", "the baseline")) -> Comparison:
+def compare(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    paired: bool = True,
+    names: tuple[str, str] = ("the tuned model", "the baseline"),
+) -> Comparison:
     """Compare accuracies `a` (e.g. tuned) with `b` (e.g. baseline)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
-        raise ValueError("compare: need at least two runs of each model (use --seeds 2 or more)")
+        raise ConfigError("compare: need at least two runs of each model (use --seeds 2 or more)")
     if paired and x.size != y.size:
-        raise ValueError("compare: paired runs need the same number of seeds")
+        raise ConfigError("compare: paired runs need the same number of seeds")
     if paired:
         d = x - y
         diff = float(d.mean())
@@ -126,8 +140,14 @@ def format_p(p: float) -> str:
 def verdict(diff: float, ci: tuple[float, float], p: float, names: tuple[str, str]) -> str:
     if p >= ALPHA:
         interval = f"95% CI [{_pts(ci[0])}, {_pts(ci[1])}]"
-        return f"no significant difference: {names[0]} minus {names[1]} is {_pts(diff)} points, {interval}, {format_p(p)}"
+        return (
+            f"no significant difference: {names[0]} minus {names[1]} is {_pts(diff)} points, {interval}, {format_p(p)}"
+        )
     if diff > 0:
-        return f"{names[0]} beats {names[1]} by {_pts(diff)} points, 95% CI [{_pts(ci[0])}, {_pts(ci[1])}], {format_p(p)}"
+        return (
+            f"{names[0]} beats {names[1]} by {_pts(diff)} points, 95% CI [{_pts(ci[0])}, {_pts(ci[1])}], {format_p(p)}"
+        )
     # state the interval of the winner's margin, so it reads as positive numbers
-    return f"{names[1]} beats {names[0]} by {_pts(-diff)} points, 95% CI [{_pts(-ci[1])}, {_pts(-ci[0])}], {format_p(p)}"
+    return (
+        f"{names[1]} beats {names[0]} by {_pts(-diff)} points, 95% CI [{_pts(-ci[1])}, {_pts(-ci[0])}], {format_p(p)}"
+    )

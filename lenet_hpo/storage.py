@@ -30,7 +30,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
 from lenet_hpo.errors import StorageError
-from lenet_hpo.space import STUDIES_DIR
+from lenet_hpo.files import STUDIES_DIR
 
 log = logging.getLogger(__name__)
 STORAGE_ENV = "LENET_HPO_STORAGE"
@@ -96,7 +96,9 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT, c
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create the folder for {path} ({exc.strerror}); give --storage a path in a writable folder") from None
+            raise StorageError(
+                f"cannot create the folder for {path} ({exc.strerror}); give --storage a path in a writable folder"
+            ) from None
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
         engine_kwargs["pool_pre_ping"] = True
@@ -128,12 +130,25 @@ class _Storage(RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-            log.warning("heartbeat of trial id %d failed (%s); retrying at the next interval", trial_id, type(exc).__name__)
+            log.warning(
+                "heartbeat of trial id %d failed (%s); retrying at the next interval", trial_id, type(exc).__name__
+            )
 
 
 @contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
-    """PostgreSQL: hold a database-wide advisory lock while Optuna creates its tables."""
+    """Hold a database-wide lock while Optuna creates its tables, so processes that start
+    together on an empty database create them once: an advisory lock on PostgreSQL, a
+    file lock beside an SQLite file."""
+    path = sqlite_path(url)
+    if path is not None:
+        fd = os.open(f"{path}.schema.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+        return
     if make_url(url).get_backend_name() != "postgresql":
         yield
         return
@@ -157,7 +172,9 @@ def _reason(exc: BaseException, url: str) -> str:
     if "password authentication failed" in text:
         return f"{text}. Check the user and password in the URL (or $LENET_HPO_STORAGE)."
     if "does not exist" in text and ("database" in text or "role" in text):
-        return f"{text}. Create it on the server first (createuser / createdb, or `make db` with Docker), or fix the URL."
+        return (
+            f"{text}. Create it on the server first (createuser / createdb, or `make db` with Docker), or fix the URL."
+        )
     if "Connection refused" in text or "could not connect" in text or "timeout" in text.lower():
         return f"{text}. Is the database server running and reachable? (`make up` starts one with Docker)"
     if isinstance(exc, ImportError):
@@ -235,8 +252,3 @@ class ClaimLock:
         self.release()
         if self._engine is not None:
             self._engine.dispose()
-
-
-def list_study_names(url: str) -> list[str]:
-    storage = open_storage(url, heartbeat=None, create=False)
-    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))

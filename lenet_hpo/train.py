@@ -3,33 +3,36 @@
 Data stays as whole tensors on the device: each epoch draws one seeded
 permutation, and batches are contiguous slices of the permuted tensor (no
 DataLoader, no per-sample Python work).  Evaluation runs in large batches under
-inference mode.  Optuna stays out of here: the search passes `on_epoch`, which
-may raise to stop the run (pruning).
+inference mode.  Optuna stays out of here: the search passes `on_epoch` and
+`on_point`, which may raise to stop the run (pruning).
 
 The config chooses the input scaling (`input_norm`), the loss (`loss`: cross-entropy
 or the paper's MAP criterion), the optimizer (including SDLM, whose curvature is
-re-estimated at the start of each pass, in this loop) and the schedule.
+re-estimated at the start of each pass, in this loop) and the schedule.  Schedules
+are defined over the whole run, so a run stopped early is one cut short, not one
+trained with a shorter schedule.
 
 `precision` is how the arithmetic runs, not what is trained: "fp32", or "bf16"
 (forward passes under bfloat16 autocast; weights, gradients, optimizer state and
 the loss stay float32), or "auto": bf16 on a CPU that computes bfloat16 natively
-(AVX512-BF16 or AMX), fp32 elsewhere (benchmarks/step_speed.py measures the gain).
+(AVX512-BF16 or AMX), fp32 elsewhere.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet_hpo.classic import map_logits
+from lenet_hpo.classic import PAPER_RATES, map_logits, paper_rate
 from lenet_hpo.config import PRECISIONS, TrialConfig
 from lenet_hpo.data import Dataset, Split, input_affine, scale_input
+from lenet_hpo.errors import ConfigError
 from lenet_hpo.model import build_model, count_params
 from lenet_hpo.sdlm import SDLM
 
@@ -38,9 +41,6 @@ from lenet_hpo.sdlm import SDLM
 EVAL_BATCH = {"cpu": 256}
 EVAL_BATCH_DEFAULT = 1024
 NAN_CHECK_EVERY = 50  # steps between divergence checks (a check is a host sync on GPUs)
-# The paper's global rate per pass: (last pass, rate), passes counted from 1; later passes keep the last.
-PAPER_RATES = ((2, 0.0005), (5, 0.0002), (8, 0.0001), (12, 0.00005), (20, 0.00001))
-PAPER_WARMUP = 0.2  # schedule "paper_warmup": pass 1 at this fraction of the table's rate
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,34 @@ class EpochStats:
     epoch: int  # 1-based
     train_loss: float  # the config's loss, mean over the epoch's samples, model in training mode
     train_acc: float  # fraction in [0, 1]
-    val_loss: float  # the config's loss on the evaluation split (validation in a search, test in a final run)
-    val_acc: float
+    eval_loss: float  # the config's loss on the evaluation split (`split`)
+    eval_acc: float
     seconds: float  # wall time of the training steps, evaluation excluded
     lr: float  # learning rate at the end of the epoch
+    split: str = "val"  # what was evaluated: "val" in a search, "test" in a final run
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """Plain values; the evaluation keys say their split (val_acc, test_acc)."""
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "train_acc": self.train_acc,
+            f"{self.split}_loss": self.eval_loss,
+            f"{self.split}_acc": self.eval_acc,
+            "seconds": self.seconds,
+            "lr": self.lr,
+        }
+
+
+@dataclass(frozen=True)
+class PointStats:
+    """An evaluation inside an epoch (sub-epoch fidelity)."""
+
+    epoch: float  # position in epochs, e.g. 0.25
+    images: int  # training images seen at the planned position: round(epoch * fit size)
+    loss: float
+    acc: float
+    seconds: float  # training wall time since the run started, evaluation excluded
 
 
 @dataclass
@@ -65,35 +86,31 @@ class TrainResult:
     seconds: float = 0.0  # whole run, evaluation included
     params: int = 0
     precision: str = "fp32"  # what the run used: fp32 or bf16
+    predicted: torch.Tensor | None = None  # the last evaluation's predicted class per image (CPU)
 
     @property
     def final(self) -> EpochStats | None:
         return self.history[-1] if self.history else None
 
-    @property
-    def best_val_acc(self) -> float:
-        return max((e.val_acc for e in self.history), default=float("nan"))
-
 
 OnEpoch = Callable[[EpochStats], None]
+OnPoint = Callable[[PointStats], None]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
     """`auto`/None picks cuda, then mps, then cpu; anything else is checked."""
     if isinstance(name, torch.device):
         return name
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device: mps was asked for but is not available; use --device cpu")
+        raise ConfigError("device: cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if name == "mps" and not mps:
+        raise ConfigError("device: mps was asked for but is not available; use --device cpu")
     if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise ValueError(f"device: {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        raise ConfigError(f"device: {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
     return torch.device(name)
 
 
@@ -108,30 +125,32 @@ def native_bf16(device: torch.device) -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def resolve_precision(name: str, cfg: TrialConfig, device: torch.device) -> str:
-    """"fp32" or "bf16" for `cfg` on `device`; "auto" picks bf16 where it is native.
+def resolve_precision(name: str, cfg: TrialConfig, device: torch.device, *, native: bool | None = None) -> str:
+    """ "fp32" or "bf16" for `cfg` on `device`; "auto" picks bf16 where it is native
+    (`native`: whether the device computes bfloat16 natively; detected when None).
 
     SDLM (the paper's recipe) always runs in fp32: its curvature estimate is float32 work."""
     if name not in PRECISIONS:
-        raise ValueError(f"precision: {name!r} is not one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision: {name!r} is not one of {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if native_bf16(device) and cfg.optimizer != "sdlm" else "fp32"
+        native = native_bf16(device) if native is None else native and device.type == "cpu"
+        return "bf16" if native and cfg.optimizer != "sdlm" else "fp32"
     if name == "bf16":
+        retry = "use precision fp32 or auto"
         if cfg.optimizer == "sdlm":
-            raise ValueError("precision: the SDLM optimizer (the paper's recipe) runs in fp32 only; use precision fp32 or auto")
+            raise ConfigError(f"precision: the SDLM optimizer (the paper's recipe) runs in fp32 only; {retry}")
         if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"precision: bf16 autocast is supported on cpu and cuda devices, not {device.type}; use precision fp32 or auto")
+            raise ConfigError(
+                f"precision: bf16 autocast is supported on cpu and cuda devices, not {device.type}; {retry}"
+            )
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("precision: this CUDA GPU has no bfloat16; use precision fp32 or auto")
+            raise ConfigError(f"precision: this CUDA GPU has no bfloat16; {retry}")
     return name
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """bfloat16 autocast for precision "bf16" (resolved); disabled for "fp32"."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def loss_logits(cfg: TrialConfig, logits: torch.Tensor) -> torch.Tensor:
@@ -142,55 +161,54 @@ def loss_logits(cfg: TrialConfig, logits: torch.Tensor) -> torch.Tensor:
 def make_loss(cfg: TrialConfig) -> Loss:
     """Mean loss over a batch; both choices are cross-entropy over `loss_logits`."""
     if cfg.loss not in ("cross_entropy", "map"):
-        raise ValueError(f"loss: unknown {cfg.loss!r}")
+        raise ConfigError(f"loss: unknown {cfg.loss!r}")
     return lambda logits, y: F.cross_entropy(loss_logits(cfg, logits), y)
 
 
-def paper_rate(epoch: int, warmup: bool = False) -> float:
-    """The paper's global learning rate for pass `epoch` (1-based); with `warmup`,
-    pass 1 runs at PAPER_WARMUP of it."""
-    rate = next((rate for last, rate in PAPER_RATES if epoch <= last), PAPER_RATES[-1][1])
-    return rate * PAPER_WARMUP if warmup and epoch == 1 else rate
-
-
 def make_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The config's optimizer.  SGD, Adam and AdamW use torch's fused kernels on CPUs and
-    CUDA GPUs (one kernel for all parameters: on the CPU 0.15 ms a step against 0.47 ms
-    for AdamW's default on a tuned model, benchmarks/step_speed.py)."""
+    """The config's optimizer.  SGD, Adam and AdamW use torch's fused kernels (one kernel
+    for all parameters) on CPUs and CUDA GPUs: faster steps, measured in
+    benchmarks/step_speed.py."""
     fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
+    decay = cfg.weight_decay
     match cfg.optimizer:
         case "sgd":
             return torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, **fused
+                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=decay, **fused
             )
         case "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=decay, **fused)
         case "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=decay, **fused)
         case "sdlm":
-            return SDLM(params, lr=cfg.lr, mu=cfg.sdlm_mu, weight_decay=cfg.weight_decay, curvature=cfg.sdlm_curvature)
-    raise ValueError(f"optimizer: unknown {cfg.optimizer!r}")
+            return SDLM(params, lr=cfg.lr, mu=cfg.sdlm_mu, weight_decay=decay, curvature=cfg.sdlm_curvature)
+    raise ConfigError(f"optimizer: unknown {cfg.optimizer!r}")
 
 
-def make_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_schedule(
+    cfg: TrialConfig, opt: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step schedule over the whole run.  "paper" and "paper_warmup" scale `lr`
     per pass by the paper's table (lr = 0.0005 gives its rates exactly)."""
     total = max(total_steps, 1)
-    steps_per_epoch = max(total // cfg.epochs, 1)
+    per_epoch = max(total // cfg.epochs, 1)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR
     match cfg.schedule:
         case "constant":
-            return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+            return lambda_lr(opt, lambda step: 1.0)
         case "cosine":
-            return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+            return lambda_lr(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
         case "step":
-            return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 if step < 0.5 * total else 0.1 if step < 0.75 * total else 0.01)
+            return lambda_lr(opt, lambda step: 1.0 if step < 0.5 * total else 0.1 if step < 0.75 * total else 0.01)
         case "onecycle":
             cycle_momentum = "momentum" in opt.defaults or "betas" in opt.defaults
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total + 1, cycle_momentum=cycle_momentum)
+            return torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=cfg.lr, total_steps=total + 1, cycle_momentum=cycle_momentum
+            )
         case "paper" | "paper_warmup":
             first, warmup = PAPER_RATES[0][1], cfg.schedule == "paper_warmup"
-            return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: paper_rate(step // steps_per_epoch + 1, warmup) / first)
-    raise ValueError(f"schedule: unknown {cfg.schedule!r}")
+            return lambda_lr(opt, lambda step: paper_rate(step // per_epoch + 1, warmup) / first)
+    raise ConfigError(f"schedule: unknown {cfg.schedule!r}")
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -219,7 +237,9 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None, precision: str = "fp32") -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int | None = None, precision: str = "fp32"
+) -> torch.Tensor:
     """float32 logits for already-normalised inputs, in batches (default: EVAL_BATCH
     for the inputs' device); (N, classes).  precision "bf16" (resolved) runs the
     forward passes under bfloat16 autocast, as training did."""
@@ -235,27 +255,103 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
 
 def evaluate_tensors(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = F.cross_entropy, *, precision: str = "fp32"
-) -> tuple[float, float]:
-    """(mean loss, accuracy) on normalised inputs; cross-entropy unless `loss` is given."""
+) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, predicted class per input) on normalised inputs; cross-entropy
+    unless `loss` is given."""
     logits = predict_logits(model, x, precision=precision)
-    loss_value = loss(logits, y).item()
-    acc = (logits.argmax(1) == y).float().mean().item()
-    return loss_value, acc
+    predicted = logits.argmax(1)
+    return loss(logits, y).item(), (predicted == y).float().mean().item(), predicted
 
 
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    *,
-    cfg: TrialConfig | None = None,
-) -> tuple[float, float]:
-    """(mean loss, accuracy) on a uint8 split; with `cfg`, its input scaling and loss
-    (without, standardisation and cross-entropy)."""
-    device = next(model.parameters()).device
-    x = scale_input(split.x.to(device), cfg.input_norm if cfg else "standard", mean, std)
-    return evaluate_tensors(model, x, split.y.to(device), make_loss(cfg) if cfg else F.cross_entropy)
+@dataclass
+class _Run:
+    """What one training run holds on its device."""
+
+    cfg: TrialConfig
+    dev: torch.device
+    precision: str
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    criterion: Loss
+    fit: Split  # uint8, scaled per batch by (x - shift) * scale
+    shift: torch.Tensor
+    scale: torch.Tensor
+    held_out: tuple[torch.Tensor, torch.Tensor]  # scaled evaluation inputs and labels
+    point_set: tuple[torch.Tensor, torch.Tensor]  # what sub-epoch points evaluate
+    points: dict[tuple[int, int], float]  # (epoch, step after which to evaluate) -> position in epochs
+
+
+def _setup(
+    cfg: TrialConfig, data: Dataset, dev: torch.device, precision: str, final: bool, points: Sequence[float],
+    point_split: Split | None,
+) -> _Run:
+    # The fit split stays uint8 on the device (a quarter of float32's memory) and each
+    # batch is scaled by the config's `input_norm` as it is sliced; the held-out split once.
+    fit = (data.full_train() if final else data.train).to(dev)
+    model = build_model(cfg, in_channels=data.channels, num_classes=data.num_classes).to(dev)
+    # NHWC activations: faster convolutions on the CPU (oneDNN), fine on CUDA.
+    model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, list(model.parameters()))
+    n = len(fit)
+    planned = {}
+    for p in points:
+        whole = math.floor(p)
+        if 0 < p < cfg.epochs and p != whole:
+            planned[(whole + 1, math.ceil((p - whole) * n / cfg.batch_size) - 1)] = float(p)
+    shift, scale = input_affine(cfg.input_norm, data.mean, data.std, dev)
+
+    def scaled(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        return scale_input(split.x.to(dev), cfg.input_norm, data.mean, data.std), split.y.to(dev)
+
+    held_out = scaled(data.test if final else data.val)
+    point_set = scaled(point_split) if point_split is not None else held_out
+    sched = make_schedule(cfg, opt, math.ceil(n / cfg.batch_size) * cfg.epochs)
+    return _Run(cfg, dev, precision, model, opt, sched, make_loss(cfg), fit, shift, scale, held_out, point_set, planned)
+
+
+def _train_epoch(
+    run: _Run, epoch: int, order: torch.Generator, probes: torch.Generator, on_point: OnPoint | None, before: float
+) -> tuple[float, float, bool, float]:
+    """One pass over the fit split: (mean loss, accuracy, diverged, training seconds)."""
+    cfg, dev, model, opt = run.cfg, run.dev, run.model, run.opt
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    model.train()
+    n = len(run.fit)
+    perm = torch.randperm(n, generator=order).to(dev)
+    xs, ys = run.fit.x[perm], run.fit.y[perm]
+    if cfg.augment:
+        xs = random_shift(xs, cfg.augment, order)
+    if isinstance(opt, SDLM):  # h_kk for this pass, from its first patterns
+        sample = (xs[: cfg.sdlm_samples].to(torch.float32) - run.shift) * run.scale
+        opt.update_curvature(model, sample, lambda z: loss_logits(cfg, z), probes)
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    for step, i in enumerate(range(0, n, cfg.batch_size)):
+        xb = (xs[i : i + cfg.batch_size].to(torch.float32) - run.shift) * run.scale
+        yb = ys[i : i + cfg.batch_size]
+        with autocast(run.precision, dev):
+            logits = model(xb).float()
+        loss = run.criterion(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        run.sched.step()
+        loss_sum += loss.detach() * len(yb)
+        correct += (logits.detach().argmax(1) == yb).sum()
+        at = run.points.get((epoch, step))
+        if (step % NAN_CHECK_EVERY == 0 or at is not None) and not torch.isfinite(loss):
+            return math.nan, math.nan, True, time.perf_counter() - t0
+        if at is not None and on_point is not None:
+            paused = time.perf_counter()
+            p_loss, p_acc, _ = evaluate_tensors(model, *run.point_set, run.criterion, precision=run.precision)
+            on_point(PointStats(at, round(at * n), p_loss, p_acc, before + paused - t0))
+            t0 += time.perf_counter() - paused  # evaluation is not training time
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return loss_sum.item() / n, correct.item() / n, False, time.perf_counter() - t0
 
 
 def train(
@@ -266,86 +362,38 @@ def train(
     on_epoch: OnEpoch | None = None,
     final: bool = False,
     precision: str = "fp32",
+    points: Sequence[float] = (),
+    point_split: Split | None = None,
+    on_point: OnPoint | None = None,
 ) -> TrainResult:
     """Train `cfg` on `data` and return the model and its per-epoch history.
 
     final=False (search): fit on `data.train`, evaluate each epoch on `data.val`.
     final=True (retrain-best, baseline): fit on train + val, evaluate on `data.test`.
     precision: "fp32", "bf16" or "auto" (see the module docstring and `resolve_precision`).
+    points: positions in epochs inside epochs (e.g. 0.25) at which to evaluate
+    `point_split` (default: the evaluation split) and call `on_point`.
     """
     start = time.perf_counter()
     dev = resolve_device(device)
     prec = resolve_precision(precision, cfg, dev)
-    fit = data.full_train() if final else data.train
-    held_out = data.test if final else data.val
-    # The fit split stays uint8 on the device (a quarter of float32's memory) and each
-    # batch is scaled by the config's `input_norm` as it is sliced; the held-out split once.
-    x_fit, y_fit = fit.x.to(dev), fit.y.to(dev)
-    x_eval = scale_input(held_out.x.to(dev), cfg.input_norm, data.mean, data.std)
-    y_eval = held_out.y.to(dev)
-    shift, scale = input_affine(cfg.input_norm, data.mean, data.std, dev)
-
-    model = build_model(cfg, in_channels=data.channels, num_classes=data.num_classes).to(dev)
-    # NHWC activations: about 1.6x faster convolutions on CPU (oneDNN), fine on CUDA.
-    model = model.to(memory_format=torch.channels_last)
-    result = TrainResult(model=model, params=count_params(model), precision=prec)
-    opt = make_optimizer(cfg, list(model.parameters()))
-    criterion = make_loss(cfg)
-    n = len(y_fit)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    sched = make_schedule(cfg, opt, steps_per_epoch * cfg.epochs)
+    run = _setup(cfg, data, dev, prec, final, points, point_split)
+    result = TrainResult(model=run.model, params=count_params(run.model), precision=prec)
     order = torch.Generator().manual_seed(cfg.seed)  # batch order and augmentation
     probes = torch.Generator().manual_seed(cfg.seed + 2)  # SDLM's curvature probes
     torch.manual_seed(cfg.seed + 1)  # dropout masks
-
+    split, trained = ("test" if final else "val"), 0.0
     for epoch in range(1, cfg.epochs + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=order).to(dev)
-        xs, ys = x_fit[perm], y_fit[perm]
-        if cfg.augment:
-            xs = random_shift(xs, cfg.augment, order)
-        if isinstance(opt, SDLM):  # h_kk for this pass, from its first patterns
-            opt.update_curvature(model, (xs[: cfg.sdlm_samples].to(torch.float32) - shift) * scale, lambda z: loss_logits(cfg, z), probes)
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
-        diverged = False
-        for step, i in enumerate(range(0, n, cfg.batch_size)):
-            xb = (xs[i : i + cfg.batch_size].to(torch.float32) - shift) * scale
-            yb = ys[i : i + cfg.batch_size]
-            with autocast(prec, dev):
-                logits = model(xb).float()
-            loss = criterion(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            if step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):
-                diverged = True
-                break
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        seconds = time.perf_counter() - t0
-        train_loss = loss_sum.item() / n
+        train_loss, train_acc, diverged, seconds = _train_epoch(run, epoch, order, probes, on_point, trained)
+        trained += seconds
+        lr = run.opt.param_groups[0]["lr"]
         if diverged or not math.isfinite(train_loss):
             result.outcome = "diverged"
-            nan = float("nan")
-            result.history.append(EpochStats(epoch, nan, nan, nan, nan, seconds, opt.param_groups[0]["lr"]))
+            result.history.append(EpochStats(epoch, math.nan, math.nan, math.nan, math.nan, seconds, lr, split))
             break
-        val_loss, val_acc = evaluate_tensors(model, x_eval, y_eval, criterion, precision=prec)
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_acc=correct.item() / n,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            seconds=seconds,
-            lr=opt.param_groups[0]["lr"],
-        )
+        loss, acc, result.predicted = evaluate_tensors(run.model, *run.held_out, run.criterion, precision=prec)
+        result.predicted = result.predicted.cpu()
+        stats = EpochStats(epoch, train_loss, train_acc, loss, acc, seconds, lr, split)
         result.history.append(stats)
         result.seconds = time.perf_counter() - start
         if on_epoch is not None:

@@ -6,9 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_hpo.data import Dataset, cache_path, default_data_dir, load_data
+from lenet_hpo.acquire import cache_path, default_data_dir
+from lenet_hpo.data import Dataset, load_data
+from lenet_hpo.files import CACHE_ENV
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test (and every process it starts) caches runs and layouts in a fresh folder,
+    never in the user's ~/.cache/lenet-hpo."""
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +85,43 @@ def postgres_url(postgres_server: str):
     finally:
         with psycopg.connect(_admin_conninfo(postgres_server), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- a searched and retrained synthetic study, shared by the retrain and report tests ---
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory):
+    """A finished 4-trial synthetic study: (folder, storage URL, study file)."""
+    from studyfiles import SYNTHETIC, write_study
+
+    from lenet_hpo.search import run_search
+    from lenet_hpo.space import load_spec
+
+    root = tmp_path_factory.mktemp("study")
+    path = write_study(
+        root,
+        "s",
+        study=SYNTHETIC,
+        sampler={"name": "random", "seed": 0},
+        pruner={"name": "none"},
+        fixed={"pooling": "max", "optimizer": "adam"},
+        space={
+            "c1": {"low": 4, "high": 8},
+            "activation": {"choices": ["tanh", "relu"]},
+            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+        },
+    )
+    url = f"sqlite:///{root / 's.db'}"
+    run_search(load_spec(str(path)), url, 4, workers=1, threads=1, device="cpu")
+    return root, url, path
+
+
+@pytest.fixture(scope="session")
+def retrained(searched):
+    """The study retrained on 3 seeds of 2 epochs: (folder, storage URL, RetrainResult)."""
+    from lenet_hpo.retrain import retrain_best
+
+    root, url, _ = searched
+    result = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=2, studies_dir=root / "studies")
+    return root, url, result

@@ -20,6 +20,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from studyfiles import C1_LR, write_study
 
 from lenet_hpo.config import TrialConfig
 from lenet_hpo.space import config_from_params, load_spec
@@ -29,27 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES_ENV = "LENET_HPO_RELIABILITY_LOG"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-# Synthetic data, no pruning, random sampling: a trial is ~0.1 s of training ("fast")
-# or a few seconds ("slow", so that a fault can land mid-trial).
-STUDY = """\
-[study]
-dataset = "synthetic"
-val_size = 200
-train_limit = {train_limit}
-epochs = {epochs}
-
-[sampler]
-name = "random"
-seed = 0
-
-[pruner]
-name = "none"
-{fixed}
-[space]
-c1 = {{ low = 4, high = 8 }}
-{lr}"""
-FIXED = '\n[fixed]\nactivation = "relu"\noptimizer = "adam"\n'
-
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -58,26 +38,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_study(directory: Path, name: str, *, slow: bool = False, baseline: bool = False) -> Path:
-    """`baseline`: a space that contains BASELINE, so the study enqueues it."""
-    path = directory / f"{name}.toml"
-    path.write_text(
-        STUDY.format(
-            train_limit=1000 if slow else 200,
-            epochs=12 if slow else 1,
-            fixed="" if baseline else FIXED,
-            lr="" if baseline else "lr = { low = 1e-3, high = 1e-2, log = true }\n",
-        )
+def write_fleet_study(directory: Path, name: str, *, slow: bool = False, baseline: bool = False) -> Path:
+    """Synthetic data, no pruning, random sampling: a trial is ~0.1 s of training ("fast")
+    or a few seconds ("slow", so that a fault can land mid-trial).  `baseline`: a space
+    that contains BASELINE, so the study enqueues it."""
+    return write_study(
+        directory,
+        name,
+        study={
+            "dataset": "synthetic",
+            "val_size": 200,
+            "train_limit": 1000 if slow else 200,
+            "epochs": 12 if slow else 1,
+        },
+        sampler={"name": "random", "seed": 0},
+        pruner={"name": "none"},
+        fixed=None if baseline else {"activation": "relu", "optimizer": "adam"},
+        space={"c1": C1_LR["c1"]} if baseline else C1_LR,
     )
-    return path
 
 
 def search_argv(study: Path, url: str, trials: int, *, workers: int = 1, heartbeat: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "lenet_hpo", "search", "--study", str(study), "--trials", str(trials),
-        "--workers", str(workers), "--threads", "1", "--heartbeat", str(heartbeat), "--device", "cpu",
-        "--storage", url, "--json",
-    ]  # fmt: skip
+        sys.executable, "-m", "lenet_hpo", "search", "--study", str(study), "--trials", str(trials), "--workers",
+        str(workers), "--threads", "1", "--heartbeat", str(heartbeat), "--device", "cpu", "--storage", url, "--json",
+    ]
 
 
 def env() -> dict[str, str]:
@@ -96,7 +81,9 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 120, procs: tuple[subprocess.Popen[str], ...] = ()) -> Any:
+def wait_for(
+    what: str, predicate: Callable[[], Any], timeout: float = 120, procs: tuple[subprocess.Popen[str], ...] = ()
+) -> Any:
     """Poll until `predicate()` is truthy (exceptions count as not yet)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,7 +111,11 @@ class Watch:
 
     def mid_trial(self) -> list[FrozenTrial]:
         """RUNNING trials past their claim and at least one epoch into training."""
-        return [t for t in self.trials() if t.state == TrialState.RUNNING and t.user_attrs.get("claimed") == t.number and t.user_attrs.get("history")]
+        return [
+            t
+            for t in self.trials()
+            if t.state == TrialState.RUNNING and t.user_attrs.get("claimed") == t.number and t.user_attrs.get("history")
+        ]
 
     def figures(self, n_trials: int) -> dict[str, int]:
         trials = self.trials()

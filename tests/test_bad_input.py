@@ -2,10 +2,9 @@
 for a bad command-line value), and nothing written or corrupted.
 
 Covered elsewhere and listed in docs/reliability.md: corrupted and truncated dataset
-files (test_data.py), malformed study files at the library level and unsafe names
-(test_space.py), bad --trials/--workers/--timeout/--seed (test_search.py), NaN loss in
-a search (test_search.py, test_train.py), a checkpoint carrying a pickle payload
-(test_train.py).
+files (test_acquire.py), malformed study files at the library level and unsafe names
+(test_space.py), NaN loss in a search (test_search.py, test_train.py), a checkpoint
+carrying a pickle payload (test_checkpoint.py).
 """
 
 import contextlib
@@ -15,14 +14,14 @@ import threading
 
 import optuna
 import pytest
-from fleet import free_port, write_study
+from fleet import free_port, write_fleet_study
 from optuna.trial import TrialState
 
 from lenet_hpo.cli import main
 from lenet_hpo.errors import StudyError
-from lenet_hpo.search import best_trials, get_study
 from lenet_hpo.space import check_name
 from lenet_hpo.storage import mask_url
+from lenet_hpo.studies import best_trials, open_study
 
 PASSWORD = "s3cret-pw"
 
@@ -39,14 +38,19 @@ def written(folder):
 
 
 def search(study, url, *extra):
-    return main(["search", "--study", str(study), "--trials", "1", "--workers", "1", "--threads", "1", "--device", "cpu", "--storage", url, *extra])
+    return main(
+        [
+            "search", "--study", str(study), "--trials", "1", "--workers", "1", "--threads", "1", "--device", "cpu",
+            "--storage", url, *extra,
+        ]
+    )
 
 
 # --- storage -----------------------------------------------------------------------------
 
 
 def test_unreachable_storage_says_what_to_do_and_hides_the_password(workdir, capsys):
-    study = write_study(workdir, "s")
+    study = write_fleet_study(workdir, "s")
     url = f"postgresql+psycopg://lenet:{PASSWORD}@127.0.0.1:{free_port()}/lenet_hpo"  # nothing listens there
     assert search(study, url) == 1
     out, err = capsys.readouterr()
@@ -106,7 +110,7 @@ def test_wrong_password_is_rejected_with_advice_and_never_printed(workdir, capsy
     url = f"postgresql+psycopg://lenet:{PASSWORD}@127.0.0.1:{server.port}/lenet_hpo"
     try:
         if command == "search":
-            code = search(write_study(workdir, "s"), url)
+            code = search(write_fleet_study(workdir, "s"), url)
         else:
             code = main(["dashboard", "--study", "s", "--storage", url])
     finally:
@@ -120,12 +124,18 @@ def test_wrong_password_is_rejected_with_advice_and_never_printed(workdir, capsy
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("user", "database", "advice"), [("nobody", "postgres", 'role "nobody" does not exist'), (None, "no_such_db", 'database "no_such_db" does not exist')])
+@pytest.mark.parametrize(
+    ("user", "database", "advice"),
+    [
+        ("nobody", "postgres", 'role "nobody" does not exist'),
+        (None, "no_such_db", 'database "no_such_db" does not exist'),
+    ],
+)
 def test_missing_role_or_database_on_a_real_server(postgres_server, workdir, capsys, user, database, advice):
     from sqlalchemy.engine import make_url
 
     url = make_url(postgres_server).set(database=database, password=PASSWORD, **({"username": user} if user else {}))
-    assert search(write_study(workdir, "s"), url.render_as_string(hide_password=False)) == 1
+    assert search(write_fleet_study(workdir, "s"), url.render_as_string(hide_password=False)) == 1
     out, err = capsys.readouterr()
     assert advice in err and "Create it on the server first" in err
     assert PASSWORD not in out + err
@@ -141,7 +151,7 @@ def test_missing_role_or_database_on_a_real_server(postgres_server, workdir, cap
 )
 def test_odd_urls_are_refused_without_their_password(workdir, capsys, url):
     assert PASSWORD not in mask_url(url)
-    assert search(write_study(workdir, "s"), url) == 1
+    assert search(write_fleet_study(workdir, "s"), url) == 1
     out, err = capsys.readouterr()
     assert "error:" in err and PASSWORD not in out + err
     assert written(workdir) == []
@@ -154,7 +164,7 @@ def test_a_search_never_prints_the_password_of_its_storage(postgres_url, workdir
     from sqlalchemy.engine import make_url
 
     url = make_url(postgres_url).set(password=PASSWORD).render_as_string(hide_password=False)
-    study = write_study(workdir, "s")
+    study = write_fleet_study(workdir, "s")
     assert search(study, url) == 0
     assert search(study, url, "--json") == 0
     out, err = capsys.readouterr()
@@ -165,7 +175,7 @@ def test_a_search_never_prints_the_password_of_its_storage(postgres_url, workdir
 
 def test_sqlite_folder_that_cannot_be_made(workdir, capsys):
     (workdir / "afile").write_text("")
-    assert search(write_study(workdir, "s"), f"sqlite:///{workdir / 'afile' / 'x.db'}") == 1
+    assert search(write_fleet_study(workdir, "s"), f"sqlite:///{workdir / 'afile' / 'x.db'}") == 1
     assert "cannot create the folder" in capsys.readouterr().err
     assert written(workdir) == ["afile"]
 
@@ -242,7 +252,12 @@ def test_study_and_report_names_with_path_parts(workdir, capsys, name):
 def test_nan_loss_in_train_says_lower_the_learning_rate(workdir, capsys):
     cfg = workdir / "hot.json"
     cfg.write_text('{"activation": "relu", "momentum": 0.99, "lr": 10.0, "epochs": 3}')
-    assert main(["train", "--config", str(cfg), "--dataset", "synthetic", "--device", "cpu", "--out", str(workdir / "runs")]) == 1
+    assert (
+        main(
+            ["train", "--config", str(cfg), "--dataset", "synthetic", "--device", "cpu", "--out", str(workdir / "runs")]
+        )
+        == 1
+    )
     assert "diverged: the loss became NaN/inf in epoch 1; lower the learning rate" in capsys.readouterr().out
 
 
@@ -252,9 +267,9 @@ def test_a_study_where_every_trial_failed_explains_itself(workdir):
     for state in (TrialState.FAIL, TrialState.FAIL, TrialState.PRUNED):
         study.tell(study.ask(), state=state)
     with pytest.raises(StudyError) as exc:
-        best_trials(get_study("f", url))
+        best_trials(open_study("f", url))
     message = str(exc.value)
     assert "study 'f' has no completed trial (1 pruned, 2 failed, 0 running)" in message
     assert "python -m lenet_hpo search --study f" in message
     with pytest.raises(StudyError, match="no study 'g' .*studies there: f"):
-        get_study("g", url)
+        open_study("g", url)

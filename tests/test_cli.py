@@ -1,8 +1,13 @@
 import json
 import subprocess
 import sys
+import time
+import urllib.request
 
+import optuna
 import torch
+from fleet import env as fleet_env
+from fleet import free_port
 
 from lenet_hpo.cli import main
 
@@ -32,7 +37,10 @@ def test_bad_config_file_and_name(capsys, tmp_path):
 def test_train_json_and_checkpoint(capsys, tmp_path):
     cfg = tmp_path / "fast.json"
     cfg.write_text(json.dumps({"activation": "relu", "pooling": "max", "optimizer": "adam", "lr": 0.003, "epochs": 2}))
-    code, out, _ = run(capsys, "train", "--config", str(cfg), "--dataset", "synthetic", "--device", "cpu", "--out", str(tmp_path), "--json")
+    code, out, _ = run(
+        capsys, "train", "--config", str(cfg), "--dataset", "synthetic", "--device", "cpu", "--out", str(tmp_path),
+        "--json",
+    )
     assert code == 0
     summary = json.loads(out)
     assert summary["test_accuracy"] > 0.8 and summary["params"] == 61_706
@@ -50,3 +58,51 @@ def test_train_epochs_override_and_text_output(capsys, tmp_path):
 def test_data_command_synthetic(capsys):
     code, out, _ = run(capsys, "data", "--dataset", "synthetic", "--json")
     assert code == 0 and json.loads(out)["n_test"] == 500
+
+
+# --- dashboard ------------------------------------------------------------------------------
+
+
+def serve_dashboard(url, *extra):
+    """Start `dashboard` in a process; wait until it lists the studies.  (process, studies, stderr so far)"""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "lenet_hpo", "dashboard", "--study", "t", "--storage", url, "--port", str(port),
+        *extra,
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fleet_env())
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                return proc, json.loads(resp.read())["study_summaries"]
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError(f"dashboard did not answer: {proc.communicate()[1][-2000:]}") from None
+            time.sleep(0.5)
+
+
+def stop_dashboard(proc):
+    proc.terminate()
+    return proc.communicate(timeout=10)[1]
+
+
+def test_dashboard_serves_the_study_list(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    optuna.create_study(study_name="t", storage=url)
+    proc, studies = serve_dashboard(url)
+    err = stop_dashboard(proc)
+    assert [s["study_name"] for s in studies] == ["t"]
+    assert "warning" not in err and "127.0.0.1" in err
+
+
+def test_dashboard_warns_when_bound_beyond_loopback(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    optuna.create_study(study_name="t", storage=url)
+    proc, studies = serve_dashboard(url, "--host", "0.0.0.0")
+    err = stop_dashboard(proc)
+    assert [s["study_name"] for s in studies] == ["t"]  # it serves, on every address
+    assert "no authentication" in err and "http://0.0.0.0:" in err
+    assert main(["dashboard", "--study", "t", "--storage", f"sqlite:///{tmp_path / 'missing.db'}"]) == 1
+    assert "no study database" in capsys.readouterr().err

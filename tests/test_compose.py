@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lenet_hpo.cli import build_parser
+from lenet_hpo.cli import build_parser, dashboard_command
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
@@ -39,7 +39,11 @@ def interpolate(node, env):
 
 
 def env_example():
-    pairs = (line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -99,8 +103,8 @@ def test_dashboard_reads_the_same_database_and_is_published_on_loopback(compose)
     assert dash["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert dash["environment"]["LENET_HPO_STORAGE"] == worker["environment"]["LENET_HPO_STORAGE"]
     args = build_parser().parse_args(dash["command"])
-    assert args.func.__name__ == "cmd_dashboard" and args.storage is None
-    (addr, _, container_port), = host_ports(dash)
+    assert args.command == "dashboard" and args.func is dashboard_command and args.storage is None
+    ((addr, _, container_port),) = host_ports(dash)
     # inside its container it must listen beyond loopback for Docker to forward to it;
     # on the host it is reachable from this machine only
     assert addr == "127.0.0.1" and container_port == args.port

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from lenet_hpo.config import BASELINE, TrialConfig, load_config, named_config
+from lenet_hpo.config import BASELINE, TrialConfig, load_config
+from lenet_hpo.final import named_config
 
 
 def test_baseline_is_seed_000_part_1():
@@ -17,26 +18,10 @@ def test_baseline_is_seed_000_part_1():
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("c1", 0),
-        ("c1", 2.5),
-        ("c3", -1),
-        ("f5", True),
-        ("kernel_size", 4),
-        ("activation", "swish"),
-        ("pooling", "lp"),
-        ("dropout", 1.0),
-        ("dropout", float("nan")),
-        ("batch_norm", "yes"),
-        ("init", "orthogonal"),
-        ("optimizer", "rmsprop"),
-        ("lr", 0.0),
-        ("lr", "0.1"),
-        ("momentum", 1.5),
-        ("weight_decay", -0.1),
-        ("batch_size", 0),
-        ("epochs", 0),
-        ("schedule", "linear"),
-        ("seed", -1),
+        ("c1", 0), ("c1", 2.5), ("c3", -1), ("f5", True), ("kernel_size", 4), ("activation", "swish"),
+        ("pooling", "lp"), ("dropout", 1.0), ("dropout", float("nan")), ("batch_norm", "yes"),
+        ("init", "orthogonal"), ("optimizer", "rmsprop"), ("lr", 0.0), ("lr", "0.1"), ("momentum", 1.5),
+        ("weight_decay", -0.1), ("batch_size", 0), ("epochs", 0), ("schedule", "linear"), ("seed", -1),
     ],
 )
 def test_invalid_values_name_the_field(field, value):
@@ -57,7 +42,9 @@ def test_frozen():
 
 
 def test_json_round_trip(tmp_path):
-    cfg = TrialConfig(c1=12, activation="gelu", optimizer="adamw", lr=3e-3, dropout=0.25, batch_norm=True, schedule="onecycle", seed=7)
+    cfg = TrialConfig(
+        c1=12, activation="gelu", optimizer="adamw", lr=3e-3, dropout=0.25, batch_norm=True, schedule="onecycle", seed=7
+    )
     assert TrialConfig.from_json(cfg.to_json()) == cfg
     path = tmp_path / "cfg.json"
     path.write_text(cfg.to_json())

@@ -7,10 +7,11 @@ from PIL import Image
 
 from benchmarks.rendered_digits import Variation, find_fonts, render_digit, sample_digits, write_samples
 from lenet_hpo import predict as P
+from lenet_hpo.acquire import DIGITS
 from lenet_hpo.checkpoint import load_checkpoint, save_checkpoint
 from lenet_hpo.cli import main
 from lenet_hpo.config import BASELINE
-from lenet_hpo.data import DIGITS, load_data, normalize, to_32
+from lenet_hpo.data import load_data, scale_input, to_32
 from lenet_hpo.errors import CheckpointError, ImageError
 from lenet_hpo.model import build_model
 from lenet_hpo.train import train
@@ -27,7 +28,14 @@ def digit(d=7, *, size=64, dx=0.0, dy=0.0, ink=BLACK, paper=WHITE, angle=0.0, st
 
 def meta(dataset="mnist", channels=1, resize="pad"):
     classes = list(DIGITS) if channels == 1 else [f"class{i}" for i in range(10)]
-    return {"dataset": dataset, "classes": classes, "channels": channels, "resize": resize, "mean": [0.1] * channels, "std": [0.3] * channels}
+    return {
+        "dataset": dataset,
+        "classes": classes,
+        "channels": channels,
+        "resize": resize,
+        "mean": [0.1] * channels,
+        "std": [0.3] * channels,
+    }
 
 
 def write_checkpoint(path, **kw):
@@ -87,7 +95,9 @@ def test_crop_to_ink_bounding_box():
     assert P.crop_to_ink(x).shape == (4, 16)
 
 
-@pytest.mark.parametrize(("shape", "fitted"), [((40, 10), (20, 5)), ((30, 120), (5, 20)), ((6, 6), (20, 20)), ((300, 200), (20, 13))])
+@pytest.mark.parametrize(
+    ("shape", "fitted"), [((40, 10), (20, 5)), ((30, 120), (5, 20)), ((6, 6), (20, 20)), ((300, 200), (20, 13))]
+)
 def test_fit_box_keeps_aspect_ratio(shape, fitted):
     y = P.fit_box(torch.full(shape, 0.6))
     assert tuple(y.shape) == fitted
@@ -95,7 +105,9 @@ def test_fit_box_keeps_aspect_ratio(shape, fitted):
 
 
 def ring(width, side=80):
-    r = torch.hypot(*torch.meshgrid(torch.arange(side) - side / 2 + 0.5, torch.arange(side) - side / 2 + 0.5, indexing="ij"))
+    r = torch.hypot(
+        *torch.meshgrid(torch.arange(side) - side / 2 + 0.5, torch.arange(side) - side / 2 + 0.5, indexing="ij")
+    )
     return ((r < 35) & (r >= 35 - width)).float()
 
 
@@ -147,8 +159,10 @@ def test_model_input_one_channel_pads_or_resizes_the_mnist_style_digit():
     styled = P.mnist_style(image)[None, None]
     x = P.model_input(image, meta())
     assert x.shape == (1, 32, 32)
-    assert torch.allclose(x, normalize(to_32(styled, "pad"), (0.1,), (0.3,))[0])
-    assert torch.allclose(P.model_input(image, meta(resize="resize")), normalize(to_32(styled, "resize"), (0.1,), (0.3,))[0])
+    assert torch.allclose(x, scale_input(to_32(styled, "pad"), "standard", (0.1,), (0.3,))[0])
+    assert torch.allclose(
+        P.model_input(image, meta(resize="resize")), scale_input(to_32(styled, "resize"), "standard", (0.1,), (0.3,))[0]
+    )
     assert P.model_input(image.convert("L"), meta()).equal(x)  # grayscale or RGB input, same result
 
 
@@ -158,7 +172,9 @@ def test_model_input_three_channels_is_rgb_resized_to_32():
     x = P.model_input(photo, meta("cifar10", channels=3))
     assert x.shape == (3, 32, 32)
     assert x[2, 16, 0] > x[0, 16, 0] and x[0, 16, 31] > x[2, 16, 31]  # stretched, not cropped
-    gray = P.model_input(Image.new("L", (10, 10), 128), meta("cifar10", channels=3))  # 1-channel picture, 3-channel model
+    gray = P.model_input(
+        Image.new("L", (10, 10), 128), meta("cifar10", channels=3)
+    )  # 1-channel picture, 3-channel model
     assert gray.shape == (3, 32, 32) and torch.allclose(gray[0], gray[2])
 
 
@@ -265,7 +281,9 @@ def test_cli_table(capsys, ckpt_file, images):
     lines = out.splitlines()
     assert lines[0] == f"checkpoint: {ckpt_file} (mnist)"
     assert lines[1].split() == ["image", "label", "probability", "top", "3"]
-    assert [line.split()[0] for line in lines[2:]] == [str(images / "digits" / n) for n in ("a.jpg", "b.png")] + [str(images / "one.bmp")]
+    assert [line.split()[0] for line in lines[2:]] == [str(images / "digits" / n) for n in ("a.jpg", "b.png")] + [
+        str(images / "one.bmp")
+    ]
     for line in lines[2:]:
         _, label, prob, *top = line.split()
         assert label in DIGITS and prob.endswith("%") and len(top) == 6 and top[0] == label and top[1] == prob

@@ -1,46 +1,19 @@
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 
 import optuna
 import pytest
 import torch
-from fleet import free_port
 from optuna.trial import TrialState
+from studyfiles import C1_LR, FAST_FIXED, SYNTHETIC, write_study
 
 from lenet_hpo.cli import main
 from lenet_hpo.config import TrialConfig
 from lenet_hpo.errors import StudyError
-from lenet_hpo.search import load_spec_data, run_search
+from lenet_hpo.search import run_search
 from lenet_hpo.space import load_spec
 from lenet_hpo.train import resolve_precision, train
-
-STUDY = """
-[study]
-dataset = "synthetic"
-val_size = 400
-epochs = 2
-
-[sampler]
-name = "tpe"
-seed = 0
-n_startup_trials = 3
-
-[pruner]
-name = "{pruner}"
-{pruner_opts}
-
-[fixed]
-activation = "relu"
-pooling = "max"
-optimizer = "adam"
-
-[space]
-c1 = {{ low = 4, high = 8 }}
-lr = {{ low = 1e-3, high = 1e-2, log = true }}
-"""
 
 
 @pytest.fixture
@@ -48,10 +21,16 @@ def study_file(tmp_path, monkeypatch):
     """A fast synthetic study; the working directory is a temp dir (default storage goes there)."""
     monkeypatch.chdir(tmp_path)
 
-    def make(name="t", pruner="none", pruner_opts=""):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(STUDY.format(pruner=pruner, pruner_opts=pruner_opts))
-        return path
+    def make(name="t", pruner="none", **pruner_opts):
+        return write_study(
+            tmp_path,
+            name,
+            study=SYNTHETIC,
+            sampler={"name": "tpe", "seed": 0, "n_startup_trials": 3},
+            pruner={"name": pruner, **pruner_opts},
+            fixed=FAST_FIXED,
+            space=C1_LR,
+        )
 
     return make
 
@@ -63,13 +42,15 @@ def finished(study):
 def test_search_completes_and_records_attrs(study_file, tmp_path):
     spec = load_spec(str(study_file()))
     url = f"sqlite:///{tmp_path / 't.db'}"
-    summary = run_search(spec, url, 3, workers=1, threads=1, device="cpu", progress=False)
+    summary = run_search(spec, url, 3, workers=1, threads=1, device="cpu")
     assert summary.n_complete == 3 and summary.n_failed == 0 and summary.best_value > 0.5
     study = optuna.load_study(study_name="t", storage=url)
     t = study.best_trial
     assert {"params", "macs", "seconds_per_epoch", "history", "seed", "device", "config"} <= set(t.user_attrs)
     assert len(t.user_attrs["history"]) == 2 and t.user_attrs["device"] == "cpu"
-    assert t.user_attrs["precision"] == resolve_precision("auto", spec.base_config(), torch.device("cpu"))  # the default
+    assert t.user_attrs["precision"] == resolve_precision(
+        "auto", spec.base_config(), torch.device("cpu")
+    )  # the default
     attrs = study.user_attrs
     assert attrs["data"]["n_val"] == 400 and attrs["data"]["split_seed"] == 0 and attrs["data"]["checksum"]
     assert attrs["study_file"] == spec.text and "torch" in attrs["versions"]
@@ -77,11 +58,11 @@ def test_search_completes_and_records_attrs(study_file, tmp_path):
 
 def test_baseline_is_enqueued_first_when_in_the_space_and_never_pruned(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "b.toml"
     # a pruner that stops every trial after its first epoch, except the reference
-    path.write_text('[study]\ndataset = "synthetic"\nval_size = 400\nepochs = 2\n[pruner]\nname = "threshold"\nlower = 0.999\n'
-                    '[space]\nc1 = { low = 4, high = 8 }\n')
-    summary = run_search(load_spec(str(path)), f"sqlite:///{tmp_path / 'b.db'}", 2, workers=1, threads=1, device="cpu", progress=False)
+    path = write_study(
+        tmp_path, "b", study=SYNTHETIC, pruner={"name": "threshold", "lower": 0.999}, space={"c1": C1_LR["c1"]}
+    )
+    summary = run_search(load_spec(str(path)), f"sqlite:///{tmp_path / 'b.db'}", 2, workers=1, threads=1, device="cpu")
     first, second = optuna.load_study(study_name="b", storage=f"sqlite:///{tmp_path / 'b.db'}").trials
     assert first.user_attrs["role"] == "baseline" and first.params == {"c1": 6}
     assert first.state == TrialState.COMPLETE and len(first.user_attrs["history"]) == 2
@@ -93,10 +74,10 @@ def test_baseline_is_enqueued_first_when_in_the_space_and_never_pruned(tmp_path,
 def test_rerun_resumes_to_exactly_the_total(study_file, tmp_path):
     spec = load_spec(str(study_file()))
     url = f"sqlite:///{tmp_path / 't.db'}"
-    run_search(spec, url, 2, workers=1, threads=1, device="cpu", progress=False)
-    summary = run_search(spec, url, 5, workers=1, threads=1, device="cpu", progress=False)
+    run_search(spec, url, 2, workers=1, threads=1, device="cpu")
+    summary = run_search(spec, url, 5, workers=1, threads=1, device="cpu")
     assert summary.n_complete + summary.n_pruned == 5
-    again = run_search(spec, url, 5, workers=1, threads=1, device="cpu", progress=False)
+    again = run_search(spec, url, 5, workers=1, threads=1, device="cpu")
     study = optuna.load_study(study_name="t", storage=url)
     assert len(finished(study)) == 5 and again.n_complete == summary.n_complete
 
@@ -104,29 +85,34 @@ def test_rerun_resumes_to_exactly_the_total(study_file, tmp_path):
 def test_rerun_after_editing_comments_resumes_but_changed_settings_are_refused(study_file, tmp_path):
     path = study_file()
     url = f"sqlite:///{tmp_path / 't.db'}"
-    run_search(load_spec(str(path)), url, 2, workers=1, threads=1, device="cpu", progress=False)
+    run_search(load_spec(str(path)), url, 2, workers=1, threads=1, device="cpu")
     path.write_text("# a comment added after the study began\n" + path.read_text())
-    summary = run_search(load_spec(str(path)), url, 3, workers=1, threads=1, device="cpu", progress=False)
+    summary = run_search(load_spec(str(path)), url, 3, workers=1, threads=1, device="cpu")
     assert summary.n_complete + summary.n_pruned == 3
     path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))
     with pytest.raises(StudyError, match="different version.*another name"):
-        run_search(load_spec(str(path)), url, 4, workers=1, threads=1, device="cpu", progress=False)
+        run_search(load_spec(str(path)), url, 4, workers=1, threads=1, device="cpu")
     assert len(optuna.load_study(study_name="t", storage=url).trials) == 3  # nothing written
 
 
 def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_path):
-    spec = load_spec(str(study_file(pruner="threshold", pruner_opts="lower = 0.999")))
+    spec = load_spec(str(study_file(pruner="threshold", lower=0.999)))
     url = f"sqlite:///{tmp_path / 't.db'}"
-    summary = run_search(spec, url, 2, workers=1, threads=1, device="cpu", progress=False)
+    summary = run_search(spec, url, 2, workers=1, threads=1, device="cpu")
     assert summary.n_pruned == 2 and summary.best_number is None
     study = optuna.load_study(study_name="t", storage=url)
     assert all(len(t.user_attrs["history"]) == 1 for t in study.trials)  # stopped after epoch 1
 
-    nan = tmp_path / "nan.toml"
     # fp32: the same rate in bf16 ends at chance with a large but finite loss instead
-    nan.write_text('[study]\ndataset = "synthetic"\nval_size = 400\nepochs = 20\nprecision = "fp32"\n[pruner]\nname = "none"\n'
-                   '[fixed]\nactivation = "relu"\nmomentum = 0.99\n[space]\nlr = { low = 10.0, high = 10.0 }\n')
-    summary = run_search(load_spec(str(nan)), f"sqlite:///{tmp_path / 'nan.db'}", 2, workers=1, threads=1, device="cpu", progress=False)
+    nan = write_study(
+        tmp_path,
+        "nan",
+        study={**SYNTHETIC, "epochs": 20, "precision": "fp32"},
+        pruner={"name": "none"},
+        fixed={"activation": "relu", "momentum": 0.99},
+        space={"lr": {"low": 10.0, "high": 10.0}},
+    )
+    summary = run_search(load_spec(str(nan)), f"sqlite:///{tmp_path / 'nan.db'}", 2, workers=1, threads=1, device="cpu")
     assert summary.n_pruned == 2
     trials = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'nan.db'}").trials
     assert all(t.user_attrs["outcome"] == "diverged" and "NaN" in t.user_attrs["fail_reason"] for t in trials)
@@ -135,7 +121,7 @@ def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_pa
 def test_two_workers_exactly_n_unique_none_running(study_file, tmp_path):
     spec = load_spec(str(study_file()))
     url = f"sqlite:///{tmp_path / 't.db'}"
-    summary = run_search(spec, url, 8, workers=2, threads=1, device="cpu", progress=False)
+    summary = run_search(spec, url, 8, workers=2, threads=1, device="cpu")
     study = optuna.load_study(study_name="t", storage=url)
     trials = study.get_trials()
     assert summary.workers == 2
@@ -156,50 +142,29 @@ def test_bad_study_names_fail_before_any_database_exists(tmp_path, monkeypatch, 
 def test_cli_json_and_optuna_cli_lists_our_trials(study_file, tmp_path, capsys):
     path = study_file()
     url = f"sqlite:///{tmp_path / 't.db'}"
-    assert main(["search", "--study", str(path), "--trials", "3", "--workers", "1", "--threads", "1", "--device", "cpu", "--json", "--storage", url]) == 0
+    assert (
+        main(
+            [
+                "search", "--study", str(path), "--trials", "3", "--workers", "1", "--threads", "1", "--device",
+                "cpu", "--json", "--storage", url,
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert {"study", "storage", "best_value", "best_params", "n_complete", "n_pruned", "n_failed", "seconds"} <= set(out)
+    assert {"study", "storage", "best_value", "best_params", "n_complete", "n_pruned", "n_failed", "seconds"} <= set(
+        out
+    )
     assert out["n_complete"] == 3 and out["study"] == "t"
     optuna_cli = [sys.executable, "-c", "from optuna.cli import main; main()"]
-    proc = subprocess.run([*optuna_cli, "trials", "--study-name", "t", "--storage", url, "-f", "json"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [*optuna_cli, "trials", "--study-name", "t", "--storage", url, "-f", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = json.loads(proc.stdout)
     assert sorted(r["number"] for r in rows) == [0, 1, 2] and all(r["state"] == "COMPLETE" for r in rows)
-
-
-def test_dashboard_serves_the_study_list(study_file, tmp_path):
-    spec = load_spec(str(study_file()))
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    run_search(spec, url, 1, workers=1, threads=1, device="cpu", progress=False)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lenet_hpo", "dashboard", "--study", "t", "--storage", url, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
-                    body = json.loads(resp.read())
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"dashboard did not answer: {proc.stderr.read() if proc.poll() is not None else ''}") from None
-                time.sleep(0.5)
-        assert [s["study_name"] for s in body["study_summaries"]] == ["t"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_dashboard_warns_when_bound_beyond_loopback(tmp_path, capsys, monkeypatch):
-    import optuna_dashboard
-
-    calls = {}
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: calls.update(host=host, port=port))
-    optuna.create_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.db'}")
-    assert main(["dashboard", "--study", "t", "--storage", f"sqlite:///{tmp_path / 't.db'}", "--host", "0.0.0.0"]) == 0
-    assert calls == {"host": "0.0.0.0", "port": 8080}
-    assert "no authentication" in capsys.readouterr().err
-    assert main(["dashboard", "--study", "t", "--storage", f"sqlite:///{tmp_path / 'missing.db'}"]) == 1
 
 
 def test_parallel_workers_give_the_same_trials_as_one_at_a_time(study_file, tmp_path):
@@ -214,9 +179,11 @@ def test_parallel_workers_give_the_same_trials_as_one_at_a_time(study_file, tmp_
         study.set_user_attr("study_file", spec.text)
         for params in configs:
             study.enqueue_trial(params)
-        run_search(spec, url, 4, workers=workers, threads=1, device="cpu", progress=False)
+        run_search(spec, url, 4, workers=workers, threads=1, device="cpu")
         trials = optuna.load_study(study_name="t", storage=url).get_trials()
-        results[workers] = sorted((tuple(sorted(t.params.items())), t.value, t.user_attrs["history"][-1]["val_loss"]) for t in trials)
+        results[workers] = sorted(
+            (tuple(sorted(t.params.items())), t.value, t.user_attrs["history"][-1]["val_loss"]) for t in trials
+        )
     for (p1, v1, l1), (p2, v2, l2) in zip(results[1], results[2], strict=True):
         assert p1 == p2
         assert v1 == pytest.approx(v2, abs=1e-6) and l1 == pytest.approx(l2, rel=1e-5)
@@ -228,9 +195,9 @@ def test_every_trial_computes_in_the_study_precision_as_train_would(precision, s
     path.write_text(path.read_text().replace("epochs = 2", f'epochs = 2\nprecision = "{precision}"'))
     spec = load_spec(str(path))
     url = f"sqlite:///{tmp_path / 't.db'}"
-    run_search(spec, url, 1, workers=1, threads=1, device="cpu", progress=False)
+    run_search(spec, url, 1, workers=1, threads=1, device="cpu")
     (t,) = optuna.load_study(study_name="t", storage=url).trials
     assert t.user_attrs["precision"] == precision
-    alone = train(TrialConfig.from_dict(t.user_attrs["config"]), load_spec_data(spec), device="cpu", precision=precision)
-    assert t.value == alone.history[-1].val_acc
-    assert t.user_attrs["history"][-1]["val_loss"] == alone.history[-1].val_loss
+    alone = train(TrialConfig.from_dict(t.user_attrs["config"]), spec.load_data(), device="cpu", precision=precision)
+    assert t.value == alone.history[-1].eval_acc
+    assert t.user_attrs["history"][-1]["val_loss"] == alone.history[-1].eval_loss

@@ -40,7 +40,21 @@ def test_shipped_studies_parse_and_baseline_lies_in_the_default_space():
     mnist = load_spec("mnist")
     assert mnist.dataset == "mnist" and mnist.val_size == 10_000
     searched = {p.name for p in mnist.params}
-    assert {"c1", "c3", "f5", "f6", "activation", "pooling", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "dropout", "batch_norm"} <= searched
+    assert {
+        "c1",
+        "c3",
+        "f5",
+        "f6",
+        "activation",
+        "pooling",
+        "batch_size",
+        "lr",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "dropout",
+        "batch_norm",
+    } <= searched
     params = params_for(BASELINE, mnist)
     assert params is not None
     assert config_from_params(params, mnist) == BASELINE.replace(epochs=mnist.epochs)
@@ -86,7 +100,10 @@ def test_params_for_rejects_configs_outside_the_space():
         ({"space": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs low > 0"),
         ({"space": {"c1": {"low": 4, "high": 8, "steps": 2}}}, "unknown key space.c1.steps"),
         ({"space": {"activation": {"choices": ["tanh", "swish"]}}}, "activation: 'swish'"),
-        ({"space": {"momentum": {"low": 0.5, "high": 0.9, "when": {"schedule": "cosine"}}}}, "must be a field searched before"),
+        (
+            {"space": {"momentum": {"low": 0.5, "high": 0.9, "when": {"schedule": "cosine"}}}},
+            "must be a field searched before",
+        ),
         ({"sampler": {"name": "annealing"}}, "sampler.name"),
         ({"pruner": {"name": "patient"}}, "pruner.name"),
         ({"fixed": {"epochs": 3}}, "unknown key fixed.epochs"),

@@ -1,0 +1,162 @@
+"""Everything a person sees: progress bars, trial lines, status lines, tables and summaries.
+
+The library reports through callbacks and returns values; this module (with `cli.py`)
+turns them into text.  Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from lenet_hpo.final import FinalRun
+from lenet_hpo.retrain import EpochDone, RetrainResult
+from lenet_hpo.search import Progress, SearchSummary, TrialEvent
+from lenet_hpo.train import EpochStats
+
+PROG = "python -m lenet_hpo"
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+
+def trial_line(t: FrozenTrial) -> str:
+    hist = t.user_attrs.get("history", [])
+    secs = sum(h["seconds"] for h in hist)
+    role = " (baseline)" if t.user_attrs.get("role") == "baseline" else ""
+    if t.state == TrialState.COMPLETE:
+        what = f"val_acc {t.values[0]:.4f}"
+        if len(t.values) > 1:
+            what += f", {t.values[1]:,.0f} {'params' if t.values[1] >= 0 else ''}"
+    elif t.state == TrialState.PRUNED:
+        last = f" at {hist[-1]['val_acc']:.4f}" if hist and hist[-1]["val_acc"] == hist[-1]["val_acc"] else ""
+        what = f"{t.user_attrs.get('outcome', 'pruned')} after epoch {len(hist)}{last}"
+    else:
+        what = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", "failed")
+    return f"trial {t.number:3d} {t.state.name:8s} {what} ({len(hist)} ep, {secs:.0f} s){role}"
+
+
+class SearchProgress:
+    """A search's progress on stderr: one bar for the study and one line per finished trial."""
+
+    def __init__(self, name: str, total: int, *, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.bar = tqdm(total=total, desc=name, unit="trial", dynamic_ncols=True, file=stream)
+
+    def on_event(self, event: TrialEvent) -> None:
+        if event.kind in ("complete", "pruned", "failed"):
+            self.bar.write(trial_line(event.trial), file=self.stream)
+
+    def on_progress(self, p: Progress) -> None:
+        self.bar.n = p.finished
+        if p.best_value is not None:
+            self.bar.set_postfix(best=f"{p.best_value:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def search_summary(s: SearchSummary, study_arg: str, storage_given: bool) -> list[str]:
+    lines = [
+        "",
+        f"{s.n_complete} complete, {s.n_pruned} pruned, {s.n_failed} failed in {s.seconds:.0f} s"
+        f" ({s.workers} worker(s) x {s.threads_per_worker} thread(s))",
+    ]
+    if s.best_number is None or s.best_value is None:
+        return [*lines, "no trial completed yet: run the same command again to continue"]
+    lines.append(f"best trial {s.best_number}: validation accuracy {s.best_value:.4f}")
+    if s.baseline_value is not None:
+        lines.append(f"baseline trial:  validation accuracy {s.baseline_value:.4f} (same epoch budget)")
+    lines += [f"  {k:14s} {v}" for k, v in s.best_params.items()]
+    # a masked password cannot be pasted back: name the URL instead of showing it
+    storage = "" if not storage_given else " --storage URL" if "***" in s.storage else f" --storage '{s.storage}'"
+    study = f" --study {study_arg}"
+    return [
+        *lines,
+        "next:",
+        f"  {PROG} dashboard{study}{storage}      # browse the study",
+        f"  {PROG} retrain-best{study}{storage}   # retrain the best on all training data, compare with the baseline",
+    ]
+
+
+# --- train and retrain-best -----------------------------------------------------------------------
+
+
+class EpochBar:
+    """A bar over epochs (of one run, or of all runs of retrain-best) with an ETA."""
+
+    def __init__(self, desc: str, total: int, *, enabled: bool = True) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="epoch", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+    def on_train_epoch(self, e: EpochStats) -> None:
+        self.bar.update(1)
+        postfix = {"loss": f"{e.train_loss:.4f}", "acc": f"{e.train_acc:.4f}", f"{e.split}_acc": f"{e.eval_acc:.4f}"}
+        self.bar.set_postfix(**postfix, s=f"{e.seconds:.1f}")
+
+    def on_epoch_done(self, e: EpochDone) -> None:
+        if e.role.startswith("trial "):  # re-scoring the top trials (--top-k): epochs beyond the final runs
+            self.bar.total += 1
+        self.bar.update(1)
+        self.bar.set_postfix(run=f"{e.role} seed {e.seed}", epoch=f"{e.epoch}/{e.epochs}")
+
+    def on_run(self, run: FinalRun, epochs: int) -> None:
+        """A finished run: its line, and the bar moved past the epochs it did not train here."""
+        if run.source != "trained":
+            self.bar.update(epochs)
+        what = f"{run.epochs} epochs, {run.seconds:.0f} s" if run.source == "trained" else run.source
+        self.bar.write(
+            f"{run.role:9s} seed {run.seed}: test accuracy {run.test_accuracy:.4f} ({what})", file=sys.stderr
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_summary(run: FinalRun, device: str) -> list[str]:
+    if run.outcome == "diverged":
+        return [
+            f"diverged: the loss became NaN/inf in epoch {run.epochs}; lower the learning rate."
+            f" Checkpoint: {run.checkpoint}"
+        ]
+    return [
+        f"test accuracy {run.test_accuracy:.4%} after {run.epochs} epochs ({run.params:,} parameters,"
+        f" {run.seconds:.0f} s on {device}, {run.precision})",
+        f"checkpoint: {run.checkpoint}",
+    ]
+
+
+def retrain_summary(r: RetrainResult) -> list[str]:
+    precisions = "/".join(sorted({m.precision for m in r.models.values()}))
+    n_fit = r.dataset["n_train"] + r.dataset["n_val"]
+    lines = [
+        "",
+        f"best trial {r.trial} vs {', '.join(r.baselines)}: {r.n_seeds} seeds x {r.epochs} epochs each,"
+        f" on {n_fit} training images, {precisions}; test split",
+    ]
+    for role, m in r.models.items():
+        reused = [s for s in m.sources if s != "trained"]
+        note = f"  ({len(reused)} of {len(m.sources)} runs {'/'.join(sorted(set(reused)))})" if reused else ""
+        lines.append(
+            f"  {role:9s} {100 * m.mean:.2f}% ± {100 * m.std:.2f}  95% CI [{100 * m.ci95[0]:.2f},"
+            f" {100 * m.ci95[1]:.2f}]  {m.params:,} params{note}"
+        )
+    lines += [f"verdict vs {name} ({c.test}): {c.verdict}" for name, c in r.comparisons.items()]
+    return [*lines, f"results: {r.results_csv}", f"next: {PROG} report --study {r.study}"]
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+
+def prediction_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """Rows of (image, label, probability, top k), the first one the header; aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]

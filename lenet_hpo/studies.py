@@ -1,0 +1,64 @@
+"""A stored study: open it, read its definition, its best trials and its state counts.
+
+What `retrain-best`, `report`, `predict` and the search's summary need of a study that
+is already in a storage, without the search's worker machinery.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lenet_hpo.errors import StudyError
+from lenet_hpo.files import STUDIES_DIR
+from lenet_hpo.space import StudySpec, check_name, parse_spec
+from lenet_hpo.storage import mask_url, open_storage
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
+def open_study(study_name: str, url: str) -> optuna.Study:
+    """Load an existing study; a clear error lists the studies that do exist."""
+    storage = open_storage(url, heartbeat=None, create=False)
+    names = study_names(storage)
+    if study_name not in names:
+        raise StudyError(f"no study {study_name!r} in {mask_url(url)} (studies there: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def spec_of(study: optuna.Study) -> StudySpec:
+    """The study's own definition, as recorded when it was created."""
+    text = study.user_attrs.get("study_file")
+    if not text:
+        raise StudyError(f"study {study.study_name!r} was not created by lenet-hpo (no study_file attribute)")
+    return parse_spec(tomllib.loads(text), name=study.study_name, text=text)
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts
+
+
+def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
+    """The k best COMPLETE trials by validation accuracy; a clear error when there are none."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not trials:
+        counts = count_states(study)
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial ({counts[TrialState.PRUNED]} pruned,"
+            f" {counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running); run"
+            f" `python -m lenet_hpo search --study {study.study_name}` until one completes"
+        )
+    return sorted(trials, key=lambda t: (-t.values[0], t.number))[:k]
+
+
+def retrain_dir(study_name: str, studies_dir: Path | None = None) -> Path:
+    """Where `retrain-best` keeps a study's final runs: studies/<name>/retrain/."""
+    return (studies_dir or STUDIES_DIR) / check_name(study_name) / "retrain"

@@ -1,0 +1,93 @@
+import json
+import os
+
+import optuna
+import pytest
+import torch
+
+from lenet_hpo.checkpoint import load_checkpoint
+from lenet_hpo.cli import main
+from lenet_hpo.config import BASELINE
+from lenet_hpo.errors import StudyError
+from lenet_hpo.retrain import RetrainResult, load_result, retrain_best
+from lenet_hpo.train import resolve_precision
+
+
+def test_retrain_best_is_fair_and_complete(retrained):
+    root, url, r = retrained
+    study = optuna.load_study(study_name="s", storage=url)
+    best = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.values[0])
+    assert r.trial == best.number
+    assert r.models["best"].config["epochs"] == r.models["baseline"].config["epochs"] == 2
+    assert r.models["baseline"].config == BASELINE.replace(epochs=2).to_dict()
+    for role in ("best", "baseline"):
+        block = r.models[role]
+        assert block.seeds == [0, 1, 2] and len(block.test_accuracy) == 3
+        assert block.mean == pytest.approx(sum(block.test_accuracy) / 3)
+        assert block.ci95[0] <= block.mean <= block.ci95[1]
+        for seed, path in zip(block.seeds, block.checkpoints, strict=True):
+            ck = load_checkpoint(path)
+            assert ck.config.seed == seed and ck.data["n_train"] + ck.data["n_val"] == 2000  # fitted on train + val
+            assert ck.extra["history"][-1]["test_acc"] == pytest.approx(block.test_accuracy[seed])
+    expected = resolve_precision("auto", BASELINE, torch.device("cpu"))  # the study's default precision
+    assert r.models["best"].precision == r.models["baseline"].precision == expected
+    d = r.difference
+    assert d.test == "paired t-test" and 0 <= d.p_value <= 1 and d.verdict
+    assert (root / "studies" / "s" / "retrain" / "results.csv").read_text().count("\n") == 7
+
+
+def test_the_result_round_trips_through_its_json(retrained):
+    root, _, r = retrained
+    assert load_result("s", root / "studies") == r
+    assert RetrainResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_rerun_skips_runs_already_done(retrained):
+    root, url, first = retrained
+    paths = [p for m in first.models.values() for p in m.checkpoints]
+    before = {p: os.stat(p).st_mtime_ns for p in paths}
+    again = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=1, studies_dir=root / "studies")
+    assert again.models["best"].test_accuracy == first.models["best"].test_accuracy
+    assert all(source == "reused" for m in again.models.values() for source in m.sources)
+    assert {p: os.stat(p).st_mtime_ns for p in paths} == before  # nothing written again
+
+
+def test_top_k_rescoring_on_validation(searched, tmp_path):
+    root, url, _ = searched
+    r = retrain_best("s", url, seeds=2, epochs=1, top_k=2, device="cpu", workers=1, studies_dir=tmp_path)
+    assert len(r.rescored) == 2 and r.trial in {row["trial"] for row in r.rescored}
+    chosen = max(r.rescored, key=lambda row: row["rescored_mean"])
+    assert r.trial == chosen["trial"] and len(chosen["rescored"]) == 2
+
+
+def test_clear_errors(searched, tmp_path, capsys):
+    root, url, path = searched
+    with pytest.raises(StudyError, match=r"no study 'nope' .*studies there: s"):
+        retrain_best("nope", url, seeds=2, device="cpu", studies_dir=tmp_path)
+    empty_url = f"sqlite:///{tmp_path / 'e.db'}"
+    study = optuna.create_study(study_name="e", storage=empty_url)
+    study.set_user_attr("study_file", path.read_text())
+    t = study.ask()
+    study.tell(t, state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(StudyError, match="no completed trial .*1 failed"):
+        retrain_best("e", empty_url, seeds=2, device="cpu", studies_dir=tmp_path)
+    assert main(["retrain-best", "--study", "s", "--storage", url, "--baselines", "nonesuch"]) == 2
+    assert "unknown name 'nonesuch'" in capsys.readouterr().err
+    assert main(["report", "--study", "../x", "--storage", url]) == 1
+    assert "not allowed" in capsys.readouterr().err
+
+
+def test_retrain_cli_json(searched, tmp_path, monkeypatch, capsys):
+    root, url, _ = searched
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "retrain-best", "--study", "s", "--storage", url, "--seeds", "2", "--epochs", "1", "--device", "cpu",
+        "--workers", "1",
+    ]
+    assert main([*argv, "--precision", "fp32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for role in ("best", "baseline"):
+        assert {"config", "test_accuracy", "mean", "std", "ci95"} <= set(out[role])
+        assert out[role]["precision"] == "fp32"  # --precision wins over the study's auto
+    assert {"ci95", "p_value", "test", "verdict"} <= set(out["difference"])
+    assert (tmp_path / "studies" / "s" / "retrain" / "best-seed1.pt").exists()
