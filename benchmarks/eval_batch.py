@@ -3,8 +3,8 @@ side by side for several batch sizes, as a search trial does after every epoch.
 
     python benchmarks/eval_batch.py [--repeats 5] [--threads 1]
 
-Two models: the baseline LeNet-5 and the tuned model of the default study (trial 37
-in docs/performance.md: 9/33 filters, batch norm, GELU, max pooling).  Prints the
+Two models: the baseline LeNet-5 and a tuned model of the kind the default study
+settles on (9/33 filters, batch norm, GELU, max pooling).  Prints the
 median seconds per batch size and its ratio to 1,024 (the batch size used on every
 device before), and the batch size `train.predict_logits` uses on this device.
 """

@@ -5,8 +5,8 @@ does to accuracy), and torch's default optimizer step against its fused one.
 
 Prints, all measured in this run on this machine, one thread per run:
 1. seconds per epoch of 50,000 MNIST images (the default study's fit split) with
-   `train()` in fp32 and in bf16, for the baseline LeNet-5, a tuned model (trial 37
-   of the default study: 9/33 filters, batch norm, GELU, max pooling) and the
+   `train()` in fp32 and in bf16, for the baseline LeNet-5, a tuned model of the kind
+   the default study settles on (9/33 filters, batch norm, GELU, max pooling) and the
    largest model of the default space, at batch 64 and 256; medians, interleaved so
    drifts in machine speed hit both alike; ratio fp32 / bf16;
 2. milliseconds per optimizer step on the tuned model's parameters: SGD (momentum),

@@ -30,18 +30,20 @@ def print_json(obj: Any) -> None:
 
 def trial_line(t: FrozenTrial) -> str:
     hist = t.user_attrs.get("history", [])
-    secs = sum(h["seconds"] for h in hist)
+    epochs = float(t.user_attrs.get("epochs_trained", len(hist)))
+    secs = float(t.user_attrs.get("seconds_trained", sum(h["seconds"] for h in hist)))
     role = " (baseline)" if t.user_attrs.get("role") == "baseline" else ""
     if t.state == TrialState.COMPLETE:
         what = f"val_acc {t.values[0]:.4f}"
         if len(t.values) > 1:
             what += f", {t.values[1]:,.0f} {'params' if t.values[1] >= 0 else ''}"
     elif t.state == TrialState.PRUNED:
-        last = f" at {hist[-1]['val_acc']:.4f}" if hist and hist[-1]["val_acc"] == hist[-1]["val_acc"] else ""
-        what = f"{t.user_attrs.get('outcome', 'pruned')} after epoch {len(hist)}{last}"
+        outcome = t.user_attrs.get("outcome", "pruned")
+        value = t.intermediate_values.get(t.last_step) if t.last_step is not None and outcome == "pruned" else None
+        what = f"{outcome} after {epochs:g} epochs" + (f" at {value:.4f}" if value is not None else "")
     else:
         what = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason", "failed")
-    return f"trial {t.number:3d} {t.state.name:8s} {what} ({len(hist)} ep, {secs:.0f} s){role}"
+    return f"trial {t.number:3d} {t.state.name:8s} {what} ({epochs:g} ep, {secs:.0f} s){role}"
 
 
 class SearchProgress:

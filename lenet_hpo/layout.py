@@ -70,16 +70,19 @@ def candidates(cores: int) -> list[tuple[int, int]]:
     return [(w, cores // w) for w in range(1, cores + 1) if cores % w == 0]
 
 
-def machine_key(cores: int) -> str:
-    model = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}|{cores}|torch {torch.__version__}"
+    return platform.processor() or platform.machine()
+
+
+def machine_key(cores: int) -> str:
+    return f"{cpu_model()}|{cores}|torch {torch.__version__}"
 
 
 def best_cpu_layout(

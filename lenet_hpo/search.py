@@ -40,8 +40,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from lenet_hpo import __version__
-from lenet_hpo.config import BASELINE
-from lenet_hpo.data import Dataset
+from lenet_hpo.config import BASELINE, TrialConfig
+from lenet_hpo.data import Dataset, split_digest
 from lenet_hpo.errors import LenetHpoError, StorageError, StudyError
 from lenet_hpo.layout import best_cpu_layout
 from lenet_hpo.model import build_model, count_macs
@@ -53,6 +53,7 @@ from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_S = 1.0
+STEP_UNIT = "images"  # what a trial's steps count: training images seen (recorded in every study)
 MAX_STORAGE_RETRIES = 8  # consecutive failed rounds (backoff 1, 2, 4 ... 30 s) before a worker gives up
 
 
@@ -168,17 +169,27 @@ def _prepare(
             )
         if attrs.get("data", {}).get("checksum") not in (None, data.checksum):
             raise StudyError(f"study {spec.name!r} was run on other data (checksum differs); use a new study name")
+        if attrs.get("step_unit") != STEP_UNIT and _reported_per_epoch(storage, spec.name):
+            raise StudyError(
+                f"study {spec.name!r} was created by an older lenet-hpo whose trials reported per epoch, not per"
+                " training image; start a new study (another name) or finish this one with that version"
+            )
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
         directions=spec.directions,
         load_if_exists=True,
         sampler=spec.make_sampler(0 if sampler_seed is None else sampler_seed),
-        pruner=spec.make_pruner(),
+        pruner=spec.make_pruner(len(data.train)),
     )
+    if study.user_attrs.get("step_unit") != STEP_UNIT:
+        study.set_user_attr("step_unit", STEP_UNIT)
     if spec.name not in existing:
         study.set_user_attr("study_file", spec.text)
         study.set_user_attr("data", data.meta())
+        subset = data.val_subset(spec.val_subset, spec.split_seed)
+        recorded = {"images": len(subset), "seed": spec.split_seed, "sha256": split_digest(subset)}
+        study.set_user_attr("val_subset", recorded)  # what every trial's points inside epochs validate on
         study.set_user_attr("objectives", list(spec.objectives))
         study.set_user_attr("versions", package_versions())
         baseline = params_for(BASELINE, spec)
@@ -188,54 +199,74 @@ def _prepare(
     return study
 
 
+def _reported_per_epoch(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    """Whether a study without a recorded step unit has trials that reported (then per epoch)."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    return any(t.intermediate_values for t in study.get_trials(deepcopy=False))
+
+
 # --- one trial --------------------------------------------------------------------------------
 
 
 class Objective:
-    """Train one trial's config, report each epoch to Optuna, and prune when told to.
+    """Train one trial's config, report to Optuna as it trains, and prune when told to.
+
+    A trial's steps are training images seen: it reports at the study's points inside
+    epochs (on the fixed validation subset) and after every epoch (on the whole
+    validation split), so pruners can act on fractions of an epoch.  Its value is always
+    the whole validation split after its full budget.
 
     `finished` is the number of the last trial this objective returned a result for:
     if Optuna then refuses to record it, that trial was failed by another worker."""
 
     def __init__(self, spec: StudySpec, data: Dataset, device: torch.device, on_start: Callable[[optuna.Trial], None]):
         self.spec, self.data, self.device, self.on_start = spec, data, device, on_start
+        self.fit_size = len(data.train)
+        self.subset = data.val_subset(spec.val_subset, spec.split_seed) if spec.val_subset else None
         self.finished: int | None = None
+
+    def _record(self, trial: optuna.Trial, cfg: TrialConfig, precision: str) -> tuple[int, int]:
+        """Set what a trial is (config, size, device, precision) as user attributes; (params, MACs)."""
+        model = build_model(cfg, in_channels=self.data.channels, num_classes=self.data.num_classes)
+        n_params, macs = sum(p.numel() for p in model.parameters()), count_macs(model, self.data.channels)
+        attrs = {"config": cfg.to_dict(), "params": n_params, "macs": macs, "seed": cfg.seed,
+                 "device": str(self.device), "precision": precision, "epochs_trained": 0.0, "seconds_trained": 0.0}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return n_params, macs
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.on_start(trial)  # the trial is RUNNING: let other workers claim theirs
-        spec, data = self.spec, self.data
+        spec = self.spec
         cfg = suggest_config(trial, spec)
-        model = build_model(cfg, in_channels=data.channels, num_classes=data.num_classes)
-        n_params = sum(p.numel() for p in model.parameters())
-        macs = count_macs(model, data.channels)
         precision = resolve_precision(spec.precision, cfg, self.device)
-        attrs = {
-            "config": cfg.to_dict(),
-            "params": n_params,
-            "macs": macs,
-            "seed": cfg.seed,
-            "device": str(self.device),
-            "precision": precision,
-        }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        n_params, macs = self._record(trial, cfg, precision)
         history: list[dict[str, float]] = []
         # The enqueued baseline is the study's reference point: it is reported like any
         # trial but never pruned, so the study shows where it stands after the full budget.
         reference = trial.user_attrs.get("role") == "baseline"
 
+        def report(value: float, epochs: float, seconds: float) -> None:
+            trial.set_user_attr("epochs_trained", epochs)
+            trial.set_user_attr("seconds_trained", seconds)
+            if spec.multi_objective:
+                return
+            trial.report(value, round(epochs * self.fit_size))
+            if not reference and trial.should_prune():
+                trial.set_user_attr("outcome", "pruned")
+                self.finished = trial.number
+                raise optuna.TrialPruned(f"pruned after {epochs:g} epochs at validation accuracy {value:.4f}")
+
         def on_epoch(e: EpochStats) -> None:
             history.append(e.to_dict())
             trial.set_user_attr("history", history)
             trial.set_user_attr("seconds_per_epoch", sum(h["seconds"] for h in history) / len(history))
-            if not spec.multi_objective:
-                trial.report(e.eval_acc, e.epoch)
-                if not reference and trial.should_prune():
-                    trial.set_user_attr("outcome", "pruned")
-                    self.finished = trial.number
-                    raise optuna.TrialPruned(f"pruned after epoch {e.epoch} at validation accuracy {e.eval_acc:.4f}")
+            report(e.eval_acc, e.epoch, sum(h["seconds"] for h in history))
 
-        result = train(cfg, data, device=self.device, on_epoch=on_epoch, precision=precision)
+        result = train(
+            cfg, self.data, device=self.device, on_epoch=on_epoch, precision=precision, points=spec.report_points(),
+            point_split=self.subset, on_point=lambda p: report(p.acc, p.epoch, p.seconds),
+        )
         self.finished = trial.number
         if result.outcome == "diverged":
             epoch = len(result.history)
@@ -284,7 +315,7 @@ class Worker:
             study_name=spec.name,
             storage=self.storage,
             sampler=spec.make_sampler(0 if sampler_seed is None else sampler_seed),
-            pruner=spec.make_pruner(),
+            pruner=spec.make_pruner(len(data.train)),
         )
         self.lock = ClaimLock(url, spec.name)
         self.name = f"{socket.gethostname()}:{os.getpid()}"

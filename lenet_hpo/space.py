@@ -12,6 +12,8 @@ A study file:
     split_seed = 0
     train_limit = 0          # 0: all of the training part; N: a stratified subset (smoke runs)
     epochs = 4               # per-trial epoch budget
+    report_at = [0.125, 0.5] # also validate inside epochs, at these positions (in epochs; then every epoch)
+    val_subset = 2000        # validation images those points use (a fixed, stratified part; 0: all)
     train_seed = 0           # weight init and batch order of every trial (common random numbers)
     precision = "auto"       # fp32, bf16 (autocast), auto: bf16 on a CPU with native bfloat16, else fp32
     objectives = ["val_accuracy"]      # optionally a second: "params" or "macs" (minimised)
@@ -21,7 +23,8 @@ A study file:
     seed = 0
 
     [pruner]                 # median (default), successive_halving, hyperband, threshold, none;
-                             # other keys go to its constructor
+                             # other keys go to its constructor, resources and steps in epochs
+                             # (min_resource, max_resource, n_warmup_steps, interval_steps; fractions allowed)
     name = "median"
 
     [fixed]                  # TrialConfig fields every trial shares
@@ -56,9 +59,13 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 OBJECTIVES = ("val_accuracy", "params", "macs")
 SAMPLERS = ("tpe", "random", "qmc", "gp", "nsgaii")
 PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
+# Pruner options counted in steps; a study file gives them in epochs.
+RESOURCE_KEYS = frozenset({"min_resource", "max_resource", "n_warmup_steps", "interval_steps"})
 
 _FIELD_TYPES = {f.name: f.type for f in fields(TrialConfig)}  # "int", "float", "str", "bool"
 _STUDY_KEYS = {
+    "report_at",
+    "val_subset",
     "name",
     "dataset",
     "val_size",
@@ -126,6 +133,8 @@ class StudySpec:
     train_seed: int = 0
     precision: str = "auto"  # how trials compute (train.PRECISIONS); each trial records what it used
     objectives: tuple[str, ...] = ("val_accuracy",)
+    report_at: tuple[float, ...] = ()  # positions inside epochs (in epochs) where trials also report
+    val_subset: int = 0  # validation images the points inside epochs use; 0: the whole split
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -176,17 +185,34 @@ class StudySpec:
                 return optuna.samplers.NSGAIISampler(seed=seed, **opts)
         raise StudyError(f"sampler: unknown {name!r}")
 
-    def make_pruner(self) -> optuna.pruners.BasePruner:
+    def report_points(self) -> tuple[float, ...]:
+        """Positions inside epochs (in epochs) where a trial reports: `report_at`, and every rung
+        of a successive-halving pruner that falls inside an epoch, so the pruner sees each rung."""
+        points = set(self.report_at)
+        if self.pruner.get("name") == "successive_halving" and "min_resource" in self.pruner:
+            rung, factor = float(self.pruner["min_resource"]), int(self.pruner.get("reduction_factor", 4))
+            rung *= factor ** int(self.pruner.get("min_early_stopping_rate", 0))
+            while rung < self.epochs:
+                points.add(rung)
+                rung *= factor
+        return tuple(sorted(p for p in points if 0 < p < self.epochs and p != int(p)))
+
+    def make_pruner(self, fit_size: int) -> optuna.pruners.BasePruner:
+        """The study's pruner.  A trial's steps are training images seen (`fit_size` an epoch),
+        so the file's resources in epochs become images (rounded down, so rungs never fall
+        after the report that should meet them)."""
         opts = dict(self.pruner)
         name = opts.pop("name", "median")
+        for key in RESOURCE_KEYS & set(opts):
+            opts[key] = max(1, int(float(opts[key]) * fit_size))
         match name:
             case "median":
                 return optuna.pruners.MedianPruner(**opts)
-            case "successive_halving":  # asynchronous (ASHA): rungs at min_resource * reduction_factor^k epochs
+            case "successive_halving":  # asynchronous (ASHA): rungs at min_resource * reduction_factor^k
                 return optuna.pruners.SuccessiveHalvingPruner(**opts)
             case "hyperband":
-                opts.setdefault("min_resource", 1)
-                opts.setdefault("max_resource", self.epochs)
+                opts.setdefault("min_resource", fit_size)
+                opts.setdefault("max_resource", self.epochs * fit_size)
                 return optuna.pruners.HyperbandPruner(**opts)
             case "threshold":  # e.g. lower = 0.5: drop anything under 50% after n_warmup_steps
                 return optuna.pruners.ThresholdPruner(**opts)
@@ -295,6 +321,25 @@ def _require(cond: bool, msg: str) -> None:
         raise StudyError(msg)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_pruner(spec: StudySpec) -> None:
+    """Build the pruner once now, so a bad option fails when the file is read."""
+    for key in RESOURCE_KEYS & set(spec.pruner):
+        v = spec.pruner[key]
+        _require(_number(v) and v > 0, f"pruner.{key}: {v!r} must be a positive number of epochs")
+    try:
+        spec.make_pruner(fit_size=50_000)
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"pruner: {exc}") from None
+
+
 def _parse_study_table(study: dict[str, Any], name: str) -> dict[str, Any]:
     """The [study] table, checked: StudySpec's keyword arguments from it."""
     bad = sorted(set(study) - _STUDY_KEYS)
@@ -303,10 +348,7 @@ def _parse_study_table(study: dict[str, Any], name: str) -> dict[str, Any]:
     _require(dataset in DATASETS, f"study.dataset: {dataset!r} is not one of {', '.join(DATASETS)}")
     for key in ("val_size", "split_seed", "train_limit", "epochs", "train_seed"):
         v = study.get(key)
-        _require(
-            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-            f"study.{key}: expected a non-negative integer, got {v!r}",
-        )
+        _require(v is None or _count(v), f"study.{key}: expected a non-negative integer, got {v!r}")
     epochs = study.get("epochs", 4)
     _require(epochs >= 1, "study.epochs: must be at least 1")
     precision = study.get("precision", "auto")
@@ -318,7 +360,16 @@ def _parse_study_table(study: dict[str, Any], name: str) -> dict[str, Any]:
     )
     resize = study.get("resize", "pad")
     _require(resize in ("pad", "resize"), f"study.resize: {resize!r} is not pad or resize")
+    report_at = study.get("report_at", [])
+    _require(
+        isinstance(report_at, list) and all(_number(v) and 0 < v < epochs for v in report_at),
+        f"study.report_at: {report_at!r} must be a list of positions in epochs between 0 and {epochs}",
+    )
+    val_subset = study.get("val_subset", 0)
+    _require(_count(val_subset), f"study.val_subset: expected a non-negative integer, got {val_subset!r}")
     return {
+        "report_at": tuple(float(v) for v in report_at),
+        "val_subset": val_subset,
         "name": check_name(str(study.get("name", name))),
         "dataset": dataset,
         "val_size": study.get("val_size", 10_000),
@@ -375,6 +426,7 @@ def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text
     params = tuple(_parse_param(k, v) for k, v in raw.get("space", {}).items())
     spec = StudySpec(path=path, text=text, sampler=sampler, pruner=pruner, fixed=fixed, params=params, **study)
     _check_space(spec)
+    _check_pruner(spec)
     if spec.multi_objective:
         _require(
             pruner.get("name", "median") == "none",

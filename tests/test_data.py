@@ -75,3 +75,13 @@ def test_channel_stats_match_the_direct_computation():
     xf = x.double() / 255
     assert mean == pytest.approx(tuple(xf.mean((0, 2, 3)).tolist()), abs=1e-12)
     assert std == pytest.approx(tuple(xf.std((0, 2, 3)).tolist()), abs=1e-12)
+
+
+def test_the_validation_subset_is_fixed_stratified_and_part_of_the_split(synthetic):
+    a, b = synthetic.val_subset(100, seed=0), synthetic.val_subset(100, seed=0)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and len(a) == 100
+    assert torch.bincount(a.y, minlength=10).tolist() == [10] * 10  # the split is balanced, so is the subset
+    assert D.split_digest(a) != D.split_digest(synthetic.val_subset(100, seed=1))
+    rows = {tuple(x.flatten().tolist()) for x in synthetic.val.x}
+    assert all(tuple(x.flatten().tolist()) in rows for x in a.x)  # validation images, nothing else
+    assert synthetic.val_subset(0, seed=0) is synthetic.val and synthetic.val_subset(10**6, seed=0) is synthetic.val

@@ -91,3 +91,26 @@ def test_retrain_cli_json(searched, tmp_path, monkeypatch, capsys):
         assert out[role]["precision"] == "fp32"  # --precision wins over the study's auto
     assert {"ci95", "p_value", "test", "verdict"} <= set(out["difference"])
     assert (tmp_path / "studies" / "s" / "retrain" / "best-seed1.pt").exists()
+
+
+def test_progress_moves_every_epoch_of_every_run(searched, tmp_path):
+    root, url, _ = searched
+    events, runs = [], []
+    retrain_best("s", url, seeds=2, epochs=2, device="cpu", workers=2, studies_dir=tmp_path, use_cache=False,
+                 on_epoch=events.append, on_run=runs.append)  # fmt: skip
+    expected = [(role, seed, epoch) for role in ("baseline", "best") for seed in (0, 1) for epoch in (1, 2)]
+    assert sorted((e.role, e.seed, e.epoch) for e in events) == expected
+    assert all(e.epochs == 2 for e in events) and len(runs) == 4 and {r.source for r in runs} == {"trained"}
+
+
+def test_a_second_retraining_takes_the_baseline_from_the_run_cache(retrained, tmp_path, monkeypatch, capsys):
+    root, url, first = retrained
+    monkeypatch.chdir(tmp_path)
+    again = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=2, studies_dir=tmp_path / "other")
+    assert again.models["baseline"].sources == ["cached"] * 3 and again.models["best"].sources == ["trained"] * 3
+    assert again.models["baseline"].test_accuracy == first.models["baseline"].test_accuracy
+    assert all(p.startswith(str(tmp_path / "other")) for p in again.models["baseline"].checkpoints)  # copied in
+    argv = ["retrain-best", "--study", "s", "--storage", url, "--seeds", "3", "--epochs", "2", "--device", "cpu"]
+    assert main([*argv, "--json"]) == 0  # in the working directory's studies/: the baseline from the cache again
+    out = json.loads(capsys.readouterr().out)
+    assert out["baseline"]["sources"] == ["cached"] * 3

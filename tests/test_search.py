@@ -10,6 +10,7 @@ from studyfiles import C1_LR, FAST_FIXED, SYNTHETIC, write_study
 
 from lenet_hpo.cli import main
 from lenet_hpo.config import TrialConfig
+from lenet_hpo.data import split_digest
 from lenet_hpo.errors import StudyError
 from lenet_hpo.search import run_search
 from lenet_hpo.space import load_spec
@@ -66,7 +67,7 @@ def test_baseline_is_enqueued_first_when_in_the_space_and_never_pruned(tmp_path,
     first, second = optuna.load_study(study_name="b", storage=f"sqlite:///{tmp_path / 'b.db'}").trials
     assert first.user_attrs["role"] == "baseline" and first.params == {"c1": 6}
     assert first.state == TrialState.COMPLETE and len(first.user_attrs["history"]) == 2
-    assert first.intermediate_values.keys() == {1, 2}  # reported like any trial
+    assert first.intermediate_values.keys() == {1600, 3200}  # reported like any trial: steps are images seen
     assert second.state == TrialState.PRUNED and len(second.user_attrs["history"]) == 1
     assert summary.baseline_value == first.value
 
@@ -201,3 +202,58 @@ def test_every_trial_computes_in_the_study_precision_as_train_would(precision, s
     alone = train(TrialConfig.from_dict(t.user_attrs["config"]), spec.load_data(), device="cpu", precision=precision)
     assert t.value == alone.history[-1].eval_acc
     assert t.user_attrs["history"][-1]["val_loss"] == alone.history[-1].eval_loss
+
+
+# --- sub-epoch fidelity ------------------------------------------------------------------------
+
+
+def test_reports_inside_epochs_reach_the_pruner_at_their_steps(tmp_path, monkeypatch):
+    """Steps are images seen (1,600 an epoch here): reports at 1/4 and 1/2 epoch, then per
+    epoch, and successive halving's rungs at 1/4, 1/2 and 1 epoch act there."""
+    monkeypatch.chdir(tmp_path)
+    path = write_study(
+        tmp_path, "f", study={**SYNTHETIC, "report_at": [0.25], "val_subset": 100},
+        sampler={"name": "random", "seed": 0},
+        pruner={"name": "successive_halving", "min_resource": 0.25, "reduction_factor": 2},
+        fixed=FAST_FIXED, space=C1_LR,
+    )  # fmt: skip
+    spec = load_spec(str(path))
+    assert spec.report_points() == (0.25, 0.5)  # 0.5: a rung, reported though not asked for
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    run_search(spec, url, 8, workers=1, threads=1, device="cpu")
+    trials = optuna.load_study(study_name="f", storage=url).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete and all(set(t.intermediate_values) == {400, 800, 1600, 3200} for t in complete)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.last_step in (400, 800, 1600) for t in pruned)
+    assert any(t.last_step < 1600 for t in pruned)  # stopped inside the first epoch
+    for t in pruned:
+        assert t.user_attrs["epochs_trained"] == t.last_step / 1600
+        rungs = [k for k in t.system_attrs if k.startswith("completed_rung_")]
+        assert len(rungs) == {400: 1, 800: 2, 1600: 3}[t.last_step]  # each rung judged where it falls
+
+
+def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_study(
+        tmp_path, "v", study={**SYNTHETIC, "report_at": [0.5, 1.5], "val_subset": 100},
+        sampler={"name": "random", "seed": 0}, pruner={"name": "none"}, fixed=FAST_FIXED, space=C1_LR,
+    )  # fmt: skip
+    spec = load_spec(str(path))
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    run_search(spec, url, 2, workers=1, threads=1, device="cpu")
+    study = optuna.load_study(study_name="v", storage=url)
+    data = spec.load_data()
+    subset = data.val_subset(100, spec.split_seed)
+    assert study.user_attrs["val_subset"] == {"images": 100, "seed": 0, "sha256": split_digest(subset)}
+    for t in study.trials:
+        values = t.intermediate_values
+        assert set(values) == {800, 1600, 2400, 3200}
+        cfg, precision = TrialConfig.from_dict(t.user_attrs["config"]), t.user_attrs["precision"]
+        seen = []
+        alone = train(cfg, data, device="cpu", precision=precision, points=(0.5, 1.5), point_split=subset,
+                      on_point=seen.append)  # fmt: skip
+        assert {p.images: p.acc for p in seen} == {800: values[800], 2400: values[2400]}  # the subset's 100 images
+        assert all(abs(values[s] * 100 - round(values[s] * 100)) < 1e-4 for s in (800, 2400))
+        assert t.value == values[3200] == alone.history[-1].eval_acc  # the whole split, after the full budget
+        assert values[1600] == alone.history[0].eval_acc  # epoch ends: the whole split too
