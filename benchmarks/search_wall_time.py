@@ -49,10 +49,10 @@ def one_run(spec: StudySpec, folder: Path, args: argparse.Namespace, k: int) -> 
     trials = optuna.load_study(study_name=spec.name, storage=url).get_trials(deepcopy=False)
     epochs = sum(float(t.user_attrs.get("epochs_trained", len(t.user_attrs.get("history", [])))) for t in trials)
     row = {"wall_s": s.seconds, "epochs": epochs, "complete": s.n_complete, "pruned": s.n_pruned,
-           "failed": s.n_failed, "best": s.best_value or float("nan"), "best_trial": s.best_number}  # fmt: skip
+           "failed": s.n_failed, "best": s.best_value or float("nan"), "best_trial": s.best_number}
     print(f"{spec.name} run {k + 1}: {s.seconds:.0f} s, {epochs:.2f} epochs, {s.n_complete}/{s.n_pruned}/{s.n_failed}"
           f" complete/pruned/failed, best {row['best']:.4f} (trial {s.best_number}),"
-          f" {s.workers} worker(s) x {s.threads_per_worker} thread(s)", flush=True)  # fmt: skip
+          f" {s.workers} worker(s) x {s.threads_per_worker} thread(s)", flush=True)
     return row
 
 
@@ -79,18 +79,18 @@ def main() -> None:
                 rows[spec.name].append(one_run(spec, folder, args, k))
     native = "native bfloat16" if native_bf16(torch.device("cpu")) else "no native bfloat16"
     print(f"\n{cpu_model()} ({native}); precision {args.precision or 'as the files say'};"
-          f" {args.trials} trials; medians of {args.repeats} runs")  # fmt: skip
+          f" {args.trials} trials; medians of {args.repeats} runs")
     print("| study | wall time | epochs trained | complete / pruned / failed | best val acc |")
     print("|---|---|---|---|---|")
     med = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "best_trial"}
-           for name, runs in rows.items()}  # fmt: skip
+           for name, runs in rows.items()}
     for name, m in med.items():
         print(f"| {name} | {m['wall_s']:.0f} s | {m['epochs']:.1f} | {m['complete']:.0f} / {m['pruned']:.0f} /"
-              f" {m['failed']:.0f} | {m['best']:.4f} |")  # fmt: skip
+              f" {m['failed']:.0f} | {m['best']:.4f} |")
     first = specs[0].name
     for name in list(med)[1:]:
         print(f"{first} / {name}: wall time {med[first]['wall_s'] / med[name]['wall_s']:.2f}x,"
-              f" epochs {med[first]['epochs'] / med[name]['epochs']:.2f}x")  # fmt: skip
+              f" epochs {med[first]['epochs'] / med[name]['epochs']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -101,6 +102,18 @@ def read_predictions(checkpoint: str | Path) -> pd.DataFrame | None:
     except (OSError, EOFError, ValueError, pd.errors.ParserError) as exc:
         log.warning("%s: unreadable predictions (%s)", path, exc)
         return None
+
+
+def correctness(checkpoints: list[str]) -> np.ndarray | None:
+    """(runs, test images) booleans: which test images each run classified right, from the
+    predictions beside its checkpoint; None when any run has none (retrained before they were kept)."""
+    rows = []
+    for path in checkpoints:
+        preds = read_predictions(path)
+        if preds is None:
+            return None
+        rows.append((preds.predicted == preds.label).to_numpy())
+    return np.stack(rows)
 
 
 def _stored_run(path: Path, cfg: TrialConfig, dataset: Dataset, precision: str) -> FinalRun | None:

@@ -25,7 +25,9 @@ from optuna.trial import TrialState
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from lenet_hpo import confidence
 from lenet_hpo.checkpoint import load_checkpoint
+from lenet_hpo.confidence import Confidence, assess
 from lenet_hpo.data import Dataset, scale_input
 from lenet_hpo.files import REPORTS_DIR, atomic_write_text
 from lenet_hpo.retrain import RetrainResult, load_result
@@ -43,9 +45,11 @@ class ReportFiles:
     markdown: Path
     gallery_png: Path
     verdict: str
+    confidence: Confidence
 
-    def to_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.__dict__.items()}
+    def to_dict(self) -> dict[str, Any]:
+        files = {k: str(getattr(self, k)) for k in ("html", "markdown", "gallery_png", "verdict")}
+        return {**files, **self.confidence.to_dict()}
 
 
 def latency_ms(model: torch.nn.Module, channels: int, repeats: int = 200) -> float:
@@ -123,7 +127,7 @@ def comparison_table(result: RetrainResult, latency: dict[str, float]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-Figure = tuple[str, go.Figure | None, str]  # title, figure (None: not available), note
+Figure = confidence.Figure
 
 
 def accuracy_figure(result: RetrainResult) -> Figure:
@@ -369,6 +373,7 @@ def build_report(
     result = load_result(study_name, studies_dir)
     data = spec_of(study).load_data(data_dir)
     ev = _evidence(result, data)
+    conf = assess(result, study)
     table = comparison_table(result, ev.latency)
     figs = [
         accuracy_figure(result), learning_curves_figure(ev.histories),
@@ -376,14 +381,14 @@ def build_report(
     ]
     out = (out_dir or REPORTS_DIR) / study_name
     out.mkdir(parents=True, exist_ok=True)
-    verdict = result.difference.verdict
+    verdict = conf.comparison.verdict
     differ, shared = config_table({role: m.config for role, m in result.models.items()})
     configs = (differ, "The same for all: " + ", ".join(f"{k} {v}" for k, v in shared.items()) + ".")
     html_path, md_path, gallery_png = out / "report.html", out / "report.md", out / "misclassified.png"
-    atomic_write_text(html_path, _html(study_name, result, table, configs, figs, ev.gallery, verdict))
+    atomic_write_text(html_path, _html(study_name, result, table, configs, figs, ev.gallery, conf))
     _gallery_png(ev.gallery, gallery_png)
-    atomic_write_text(md_path, _markdown(study_name, result, table, configs, verdict, study))
-    return ReportFiles(html=html_path, markdown=md_path, gallery_png=gallery_png, verdict=verdict)
+    atomic_write_text(md_path, _markdown(study_name, result, table, configs, conf, study))
+    return ReportFiles(html=html_path, markdown=md_path, gallery_png=gallery_png, verdict=verdict, confidence=conf)
 
 
 def _gallery_png(gallery: list[tuple[np.ndarray, str]], path: Path) -> None:
@@ -421,12 +426,39 @@ window.addEventListener('error', function (e) {
 </script>"""
 
 
+def _figure_html(fig: go.Figure, first: bool) -> str:
+    """A figure's HTML; the first one carries plotly.js, inline, so the page opens offline."""
+    plotly_js = "inline" if first else False
+    return pio.to_html(fig, full_html=False, include_plotlyjs=plotly_js, config={"displaylogo": False})
+
+
+def _confidence_html(conf: Confidence, first: bool) -> tuple[list[str], bool]:
+    """The "How sure are we?" section: sentences, then numbers, then its two figures."""
+    parts = ["<section id='how-sure'><h2>How sure are we?</h2>"]
+    parts += [f"<p>{html.escape(text)}</p>" for text in confidence.sentences(conf)]
+    parts.append(confidence.numbers_table(conf).to_html(index=False, border=0, classes="numbers"))
+    mcnemar = confidence.mcnemar_table(conf)
+    if mcnemar is not None:
+        parts.append(mcnemar.to_html(index=False, border=0, classes="mcnemar"))
+    for i, (title, fig, note) in enumerate((confidence.bootstrap_figure(conf), confidence.budget_figure(conf))):
+        parts.append(f"<h3>{html.escape(title)}</h3>")
+        if i == 1:
+            parts += [f"<p>{html.escape(text)}</p>" for text in confidence.budget_sentences(conf)]
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+        if fig is not None:
+            parts.append(_figure_html(fig, first))
+            first = False
+    return [*parts, "</section>"], first
+
+
 def _html(
     name: str, result: RetrainResult, table: pd.DataFrame, configs: tuple[pd.DataFrame, str], figs: list[Figure],
-    gallery: list[tuple[np.ndarray, str]], verdict: str,
+    gallery: list[tuple[np.ndarray, str]], conf: Confidence,
 ) -> str:
-    diff = result.difference
-    tone = "" if diff.significant and diff.difference > 0 else ("worse" if diff.significant else "neutral")
+    diff, verdict = conf.comparison, conf.comparison.verdict
+    holds = diff.test_set_ci95 is None or diff.test_set_ci95[0] > 0
+    worse = diff.significant and diff.difference < 0
+    tone = "" if diff.significant and diff.difference > 0 and holds else ("worse" if worse else "neutral")
     against = ", ".join(html.escape(r) for r in result.baselines)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -440,25 +472,20 @@ def _html(
         f" {diff.effect_size:.2f}</div></div>",
         "<section><h2>Comparison</h2>",
         table.to_html(index=False, classes="comparison", border=0, escape=True),
-        "</section><section><h2>What makes this comparison fair</h2><ul>",
-        *[f"<li>{html.escape(f)}</li>" for f in FAIRNESS],
-        "</ul>",
+        "</section>",
     ]
+    sure, first = _confidence_html(conf, first=True)
+    fair = [f"<li>{html.escape(f)}</li>" for f in FAIRNESS]
+    parts += [*sure, "<section><h2>What makes this comparison fair</h2><ul>", *fair, "</ul>"]
     if result.rescored:
         parts.append("<p>The best trial was chosen by re-scoring the top trials on fresh seeds (validation split):</p>")
         parts.append(pd.DataFrame(result.rescored).to_html(index=False, border=0))
-    parts += [
-        "<h3>Configurations: where they differ</h3>",
-        configs[0].to_html(border=0),
-        f"<p class='note'>{html.escape(configs[1])}</p>",
-        "</section>",
-    ]
-    first = True
+    parts += ["<h3>Configurations: where they differ</h3>", configs[0].to_html(border=0),
+              f"<p class='note'>{html.escape(configs[1])}</p>", "</section>"]
     for title, fig, note in figs:
         parts.append(f"<section><h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
         if fig is not None:
-            plotly_js = "inline" if first else False
-            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=plotly_js, config={"displaylogo": False}))
+            parts.append(_figure_html(fig, first))
             first = False
         parts.append("</section>")
         if title == "Confusion matrices":
@@ -478,11 +505,12 @@ def _gallery_html(gallery: list[tuple[np.ndarray, str]]) -> str:
 
 
 def _markdown(
-    name: str, result: RetrainResult, table: pd.DataFrame, configs: tuple[pd.DataFrame, str], verdict: str,
+    name: str, result: RetrainResult, table: pd.DataFrame, configs: tuple[pd.DataFrame, str], conf: Confidence,
     study: optuna.Study,
 ) -> str:
-    diff = result.difference
+    diff, verdict = conf.comparison, conf.comparison.verdict
     states = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)]).value_counts().to_dict()
+    mcnemar = confidence.mcnemar_table(conf)
     lines = [
         f"# lenet-hpo report: study `{name}`",
         "",
@@ -493,6 +521,16 @@ def _markdown(
         f" {result.n_seeds} seeds × {result.epochs} epochs each.",
         "",
         _md_table(table),
+        "",
+        "## How sure are we?",
+        "",
+        *[f"{text}\n" for text in confidence.sentences(conf)],
+        _md_table(confidence.numbers_table(conf)),
+        "",
+        *([_md_table(mcnemar), ""] if mcnemar is not None else []),
+        *[f"{text}\n" for text in confidence.budget_sentences(conf)],
+        "Figures (the bootstrap distribution with both intervals; the expected best against the number of trials):"
+        " `report.html`.",
         "",
         "## Fairness",
         "",

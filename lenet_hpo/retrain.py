@@ -40,9 +40,9 @@ from lenet_hpo.config import TrialConfig
 from lenet_hpo.data import Dataset
 from lenet_hpo.errors import ConfigError, StudyError
 from lenet_hpo.files import atomic_write_text
-from lenet_hpo.final import FinalRun, RunCache, named_config, train_final
+from lenet_hpo.final import FinalRun, RunCache, correctness, named_config, train_final
 from lenet_hpo.space import StudySpec, config_from_params, parse_spec
-from lenet_hpo.stats import Comparison, compare, summarize
+from lenet_hpo.stats import Comparison, compare, paired_bootstrap, summarize, with_test_set
 from lenet_hpo.studies import best_trials, open_study, retrain_dir, spec_of
 from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
@@ -362,6 +362,17 @@ def retrain_best(
     return _conclude(study_name, chosen, roles, runs, plan.out, data, seeds)
 
 
+def comparison(tuned: ModelResult, base: ModelResult, name: str) -> Comparison:
+    """The tuned model against one baseline: the paired t-test over seeds, and with the runs'
+    test predictions the test-set statistics too."""
+    names = ("the tuned model", f"the {name}")
+    c = compare(tuned.test_accuracy, base.test_accuracy, paired=True, names=names)
+    right = (correctness(tuned.checkpoints), correctness(base.checkpoints))
+    if right[0] is None or right[1] is None:
+        return c
+    return with_test_set(c, paired_bootstrap(right[0], right[1], tuned.seeds), names)
+
+
 def _conclude(
     study_name: str, chosen: Selection, roles: dict[str, TrialConfig], runs: list[FinalRun], out: Path,
     data: Dataset, seeds: int,
@@ -370,11 +381,7 @@ def _conclude(
     table = pd.DataFrame([r.to_dict() for r in runs]).sort_values(["seed", "role"], kind="stable")
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     models = {role: _model_result(table, role, cfg) for role, cfg in roles.items()}
-    tuned = models["best"].test_accuracy
-    comparisons = {
-        name: compare(tuned, models[name].test_accuracy, paired=True, names=("the tuned model", f"the {name}"))
-        for name in list(roles)[1:]
-    }
+    comparisons = {name: comparison(models["best"], models[name], name) for name in list(roles)[1:]}
     result = RetrainResult(
         study=study_name,
         trial=chosen.trial,

@@ -62,3 +62,23 @@ def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
 def retrain_dir(study_name: str, studies_dir: Path | None = None) -> Path:
     """Where `retrain-best` keeps a study's final runs: studies/<name>/retrain/."""
     return (studies_dir or STUDIES_DIR) / check_name(study_name) / "retrain"
+
+
+def search_values(study: optuna.Study) -> tuple[list[tuple[int, float, bool]], float | None]:
+    """What each finished trial of a single-objective study reached, for the search-budget
+    curve: [(number, value, pruned)] in trial order, and the baseline trial's value.
+
+    A COMPLETE trial's value is its validation accuracy after the full budget.  A PRUNED
+    trial enters with the last value it reported, a lower bound of what it would have
+    reached (from a point inside an epoch, measured on the study's validation subset); one
+    that reported nothing (diverged in its first epoch) is left out, as are FAIL trials and
+    the enqueued baseline, the reference rather than a draw."""
+    rows, baseline = [], None
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.user_attrs.get("role") == "baseline":
+            baseline = t.values[0] if t.state == TrialState.COMPLETE else baseline
+        elif t.state == TrialState.COMPLETE:
+            rows.append((t.number, float(t.values[0]), False))
+        elif t.state == TrialState.PRUNED and t.last_step is not None:
+            rows.append((t.number, float(t.intermediate_values[t.last_step]), True))
+    return rows, baseline

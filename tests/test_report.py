@@ -1,13 +1,17 @@
+import json
 import os
 import shutil
 import subprocess
 
+import optuna
 import pytest
 import torch
 from PIL import Image
 
+from lenet_hpo.cli import main
 from lenet_hpo.config import BASELINE
 from lenet_hpo.report import build_report, config_table
+from lenet_hpo.stats import verdict
 
 
 def chromium():
@@ -75,3 +79,50 @@ def test_config_table_shows_the_differences_and_leaves_out_what_applies_to_neith
     assert differ.loc["momentum"].tolist() == ["n/a", BASELINE.momentum]  # an SGD setting: the baseline's only
     assert shared["c1"] == 6 and shared["epochs"] == BASELINE.epochs
     assert not {"sdlm_mu", "sdlm_samples", "sdlm_curvature", "map_j"} & (set(differ.index) | set(shared))
+
+
+def test_how_sure_are_we_in_html_markdown_and_json(retrained, tmp_path, monkeypatch, capsys):
+    root, url, result = retrained
+    files = build_report("s", url, out_dir=tmp_path / "reports", studies_dir=root / "studies")
+    html, md = files.html.read_text(), files.markdown.read_text()
+    assert "<h2>How sure are we?</h2>" in html and "## How sure are we?" in md
+    first = md.split("## How sure are we?")[1].lstrip().splitlines()[0]
+    assert first.startswith("Over 3 seeds the tuned model is")  # sentences first, numbers after
+    assert "Drawing the seeds and the test images again 10,000 times" in md and "McNemar" in md
+    assert "Dodge et al." in md and "lower bound" in md and "best-so-far" in md
+    assert html.count('class="plotly-graph-div"') >= 2 + 8  # the two new figures and the others
+    out = files.to_dict()
+    diff = out["difference"]
+    assert diff["test_set_ci95"][0] <= diff["difference"] <= diff["test_set_ci95"][1]
+    assert 0 <= diff["prob_improvement"] <= 1 and [m["seed"] for m in diff["mcnemar"]] == [0, 1, 2]
+    assert {"seed", "only_tuned_right", "only_baseline_right", "p_value"} == set(diff["mcnemar"][0])
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    n = len([t for t in trials if t.user_attrs.get("role") != "baseline"])
+    assert [e["n_trials"] for e in out["expected_best"]] == list(range(1, n + 1))
+    assert out["trials_to_beat_baseline"] is None or 1 <= out["trials_to_beat_baseline"] <= n
+    assert diff == result.difference.to_dict()  # the report recomputes from the files what retrain-best said
+    monkeypatch.chdir(root)  # where the study's retrain results are: studies/s/retrain
+    assert main(["report", "--study", "s", "--storage", url, "--out", str(tmp_path / "r2"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    same = ("verdict", "difference", "expected_best", "trials_to_beat_baseline")
+    assert {k: printed[k] for k in same} == json.loads(json.dumps({k: out[k] for k in same}))
+
+
+def test_a_study_retrained_before_predictions_were_kept_still_gets_its_report(retrained, tmp_path):
+    root, url, _ = retrained
+    studies = tmp_path / "studies"
+    shutil.copytree(root / "studies" / "s", studies / "s")
+    text = (studies / "s" / "retrain" / "summary.json").read_text()
+    summary = json.loads(text.replace(str(root / "studies"), str(studies)))
+    for comparison in (summary["difference"], summary["comparisons"]["baseline"]):
+        for key in ("test_set_ci95", "prob_improvement", "mcnemar"):
+            comparison.pop(key)
+        names = ("the tuned model", "the baseline")
+        comparison["verdict"] = verdict(comparison["difference"], comparison["ci95"], comparison["p_value"], names)
+    (studies / "s" / "retrain" / "summary.json").write_text(json.dumps(summary))
+    for p in (studies / "s" / "retrain").glob("*.predictions.csv.gz"):
+        p.unlink()
+    files = build_report("s", url, out_dir=tmp_path / "reports", studies_dir=studies)
+    md = files.markdown.read_text()
+    assert "not available: these runs were retrained before their test predictions were kept; rerun retrain-best" in md
+    assert files.to_dict()["difference"]["test_set_ci95"] is None and "test-set noise" not in files.verdict

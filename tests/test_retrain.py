@@ -90,14 +90,18 @@ def test_retrain_cli_json(searched, tmp_path, monkeypatch, capsys):
         assert {"config", "test_accuracy", "mean", "std", "ci95"} <= set(out[role])
         assert out[role]["precision"] == "fp32"  # --precision wins over the study's auto
     assert {"ci95", "p_value", "test", "verdict"} <= set(out["difference"])
+    d = out["difference"]  # with the test set's noise too, in fractions like the rest
+    assert d["test_set_ci95"][0] <= d["difference"] <= d["test_set_ci95"][1] and 0 <= d["prob_improvement"] <= 1
+    assert [m["seed"] for m in d["mcnemar"]] == [0, 1] and out["comparisons"]["baseline"] == d
     assert (tmp_path / "studies" / "s" / "retrain" / "best-seed1.pt").exists()
+    assert (tmp_path / "studies" / "s" / "retrain" / "best-seed1.predictions.csv.gz").exists()
 
 
 def test_progress_moves_every_epoch_of_every_run(searched, tmp_path):
     root, url, _ = searched
     events, runs = [], []
     retrain_best("s", url, seeds=2, epochs=2, device="cpu", workers=2, studies_dir=tmp_path, use_cache=False,
-                 on_epoch=events.append, on_run=runs.append)  # fmt: skip
+                 on_epoch=events.append, on_run=runs.append)
     expected = [(role, seed, epoch) for role in ("baseline", "best") for seed in (0, 1) for epoch in (1, 2)]
     assert sorted((e.role, e.seed, e.epoch) for e in events) == expected
     assert all(e.epochs == 2 for e in events) and len(runs) == 4 and {r.source for r in runs} == {"trained"}

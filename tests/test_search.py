@@ -216,7 +216,7 @@ def test_reports_inside_epochs_reach_the_pruner_at_their_steps(tmp_path, monkeyp
         sampler={"name": "random", "seed": 0},
         pruner={"name": "successive_halving", "min_resource": 0.25, "reduction_factor": 2},
         fixed=FAST_FIXED, space=C1_LR,
-    )  # fmt: skip
+    )
     spec = load_spec(str(path))
     assert spec.report_points() == (0.25, 0.5)  # 0.5: a rung, reported though not asked for
     url = f"sqlite:///{tmp_path / 'f.db'}"
@@ -238,7 +238,7 @@ def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_
     path = write_study(
         tmp_path, "v", study={**SYNTHETIC, "report_at": [0.5, 1.5], "val_subset": 100},
         sampler={"name": "random", "seed": 0}, pruner={"name": "none"}, fixed=FAST_FIXED, space=C1_LR,
-    )  # fmt: skip
+    )
     spec = load_spec(str(path))
     url = f"sqlite:///{tmp_path / 'v.db'}"
     run_search(spec, url, 2, workers=1, threads=1, device="cpu")
@@ -252,7 +252,7 @@ def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_
         cfg, precision = TrialConfig.from_dict(t.user_attrs["config"]), t.user_attrs["precision"]
         seen = []
         alone = train(cfg, data, device="cpu", precision=precision, points=(0.5, 1.5), point_split=subset,
-                      on_point=seen.append)  # fmt: skip
+                      on_point=seen.append)
         assert {p.images: p.acc for p in seen} == {800: values[800], 2400: values[2400]}  # the subset's 100 images
         assert all(abs(values[s] * 100 - round(values[s] * 100)) < 1e-4 for s in (800, 2400))
         assert t.value == values[3200] == alone.history[-1].eval_acc  # the whole split, after the full budget
