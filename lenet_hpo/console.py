@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from lenet_hpo.data import Dataset
 from lenet_hpo.final import FinalRun
 from lenet_hpo.retrain import EpochDone, RetrainResult
 from lenet_hpo.search import Progress, SearchSummary, TrialEvent
@@ -46,25 +47,81 @@ def trial_line(t: FrozenTrial) -> str:
     return f"trial {t.number:3d} {t.state.name:8s} {what} ({epochs:g} ep, {secs:.0f} s){role}"
 
 
-class SearchProgress:
-    """A search's progress on stderr: one bar for the study and one line per finished trial."""
+STATUS_EVERY_S = 30.0  # a log gets a status line at most this often
 
-    def __init__(self, name: str, total: int, *, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.bar = tqdm(total=total, desc=name, unit="trial", dynamic_ncols=True, file=stream)
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class SearchLog:
+    """A search's progress on stderr.  On a terminal: a bar and a line per finished trial.  In a
+    log (stderr not a terminal: a file, docker compose, a job scheduler): a line per finished or
+    retried trial and a status line at most every 30 s, never a redrawn bar.  With fmt "json":
+    one JSON object per event (trial complete, pruned, failed, retried; status; done)."""
+
+    def __init__(self, name: str, total: int, *, stream: TextIO = sys.stderr, fmt: str = "text",
+                 tty: bool | None = None, status_every: float = STATUS_EVERY_S) -> None:
+        self.name, self.total, self.stream, self.fmt, self.status_every = name, total, stream, fmt, status_every
+        on_terminal = stream.isatty() if tty is None else tty
+        self.bar = None
+        if on_terminal and fmt == "text":
+            self.bar = tqdm(total=total, desc=name, unit="trial", dynamic_ncols=True, file=stream)
+        self.last_status: float | None = None
+
+    def _emit(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def _json(self, event: str, **fields: Any) -> None:
+        self._emit(json.dumps({"event": event, "study": self.name, **fields}, default=str))
 
     def on_event(self, event: TrialEvent) -> None:
-        if event.kind in ("complete", "pruned", "failed"):
-            self.bar.write(trial_line(event.trial), file=self.stream)
+        t = event.trial
+        retry_of = t.system_attrs.get("failed_trial")
+        if self.fmt == "json":
+            last = t.intermediate_values.get(t.last_step) if t.last_step is not None else None
+            value = t.values[0] if t.values else last
+            self._json(event.kind, trial=t.number, value=value, epochs=t.user_attrs.get("epochs_trained"),
+                       seconds=t.user_attrs.get("seconds_trained"), params=t.params, retry_of=retry_of,
+                       role=t.user_attrs.get("role"), warm_start=t.user_attrs.get("warm_start"))
+        elif event.kind == "retried":
+            self._emit(f"trial {t.number:3d} RETRY    the params of failed trial {retry_of}")
+        else:
+            self._emit(trial_line(t))
 
     def on_progress(self, p: Progress) -> None:
-        self.bar.n = p.finished
-        if p.best_value is not None:
-            self.bar.set_postfix(best=f"{p.best_value:.4f}", refresh=False)
-        self.bar.refresh()
+        if self.bar is not None:
+            self.bar.n = p.finished
+            if p.best_value is not None:
+                self.bar.set_postfix(best=f"{p.best_value:.4f}", refresh=False)
+            self.bar.refresh()
+            return
+        if p.seconds < (self.last_status or 0.0) + self.status_every:
+            return
+        self.last_status = p.seconds
+        eta = p.seconds / p.finished * (p.total - p.finished) if p.finished else None
+        if self.fmt == "json":
+            self._json("status", finished=p.finished, total=p.total, running=p.running, failed=p.failed,
+                       best=p.best_value, elapsed_s=round(p.seconds), eta_s=None if eta is None else round(eta))
+            return
+        best = "-" if p.best_value is None else f"{p.best_value:.4f}"
+        self._emit(f"status: {p.finished}/{p.total} finished, {p.running} running, {p.failed} failed, best {best},"
+                   f" {_duration(p.seconds)} elapsed, ETA {'-' if eta is None else _duration(eta)}")
+
+    def done(self, summary: SearchSummary) -> None:
+        self.close()
+        if self.fmt == "json":
+            self._json("done", **{k: v for k, v in summary.to_dict().items() if k != "pareto"})
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def search_summary(s: SearchSummary, study_arg: str, storage_given: bool) -> list[str]:
@@ -153,6 +210,28 @@ def retrain_summary(r: RetrainResult) -> list[str]:
         )
     lines += [f"verdict vs {name} ({c.test}): {c.verdict}" for name, c in r.comparisons.items()]
     return [*lines, f"results: {r.results_csv}", f"next: {PROG} report --study {r.study}"]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def data_summary(data: Dataset) -> list[str]:
+    meta = data.meta()
+    lines = [
+        f"{data.name}: {meta['n_train']} train + {meta['n_val']} validation (split seed {data.split_seed}),"
+        f" {meta['n_test']} test; {data.channels}x32x32; checksum {data.checksum[:16]}…"
+    ]
+    if data.source:
+        src = data.source
+        lines.append(f"folder {src['path']} ({src['layout']}); {src['not_images']} file(s) that are not images ignored")
+        if src["skipped"]:
+            lines.append(f"{len(src['skipped'])} unreadable image(s) left out: {'; '.join(src['skipped'][:10])}")
+    counts = data.counts()
+    width = max(len(c) for c in data.classes)
+    lines.append(f"{'class':<{width}}  {'train':>7}  {'val':>7}  {'test':>7}")
+    for c in data.classes:
+        lines.append(f"{c:<{width}}  {counts['train'][c]:>7}  {counts['val'][c]:>7}  {counts['test'][c]:>7}")
+    return lines
 
 
 # --- predict ----------------------------------------------------------------------------------

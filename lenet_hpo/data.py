@@ -1,6 +1,8 @@
 """`Dataset`: images brought to 32x32, split, and scaled as a model reads them.
 
-The images come from `acquire.fetch` (the built-in datasets).  The official
+The images come from `acquire.fetch` (the built-in datasets) or `folders.load_folder`
+(a folder of class subfolders; its test split is its test/ subfolder or a held-out
+part).  The official
 training set is split once into a fit part (`train`) and a stratified, seeded
 validation part (`val`, where selection happens); the official test set (`test`) is
 used only by evaluation commands.  All parts stay uint8; a trainer scales each batch
@@ -13,15 +15,17 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lenet_hpo.acquire import dataset_checksum, dataset_info, fetch
+from lenet_hpo.acquire import DATASETS, dataset_checksum, dataset_info, default_data_dir, fetch
 from lenet_hpo.classic import paper_affine
 from lenet_hpo.errors import ConfigError
+from lenet_hpo.folders import FolderOptions, load_folder
 
-RESIZE_MODES = ("pad", "resize")
+RESIZE_MODES = ("pad", "resize", "stretch")  # resize and stretch: the same, bilinear, for 28x28 images
 
 
 def to_32(x: torch.Tensor, mode: str = "pad") -> torch.Tensor:
@@ -36,7 +40,7 @@ def to_32(x: torch.Tensor, mode: str = "pad") -> torch.Tensor:
             raise ConfigError(f"resize: cannot pad {h}x{w} images to 32x32; use resize")
         top, left = (32 - h) // 2, (32 - w) // 2
         return F.pad(x, (left, 32 - w - left, top, 32 - h - top))
-    y = F.interpolate(x.float(), size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    y = F.interpolate(x.float(), size=(32, 32), mode="bilinear", align_corners=False, antialias=True)  # resize, stretch
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -136,6 +140,7 @@ class Dataset:
     val_size: int
     split_seed: int
     checksum: str
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)  # a folder's: path, channels, skipped, ...
 
     @property
     def channels(self) -> int:
@@ -179,7 +184,14 @@ class Dataset:
             "val_size": self.val_size,
             "split_seed": self.split_seed,
             "checksum": self.checksum,
+            **({"source": self.source} if self.source else {}),
         }
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split (class imbalance shows here)."""
+        splits = (("train", self.train), ("val", self.val), ("test", self.test))
+        per_class = {name: torch.bincount(s.y.cpu(), minlength=self.num_classes).tolist() for name, s in splits}
+        return {name: dict(zip(self.classes, n, strict=True)) for name, n in per_class.items()}
 
 
 def split_digest(split: Split) -> str:
@@ -194,23 +206,41 @@ def load_data(
     name: str = "mnist",
     *,
     data_dir: Path | None = None,
-    val_size: int = 10_000,
+    val_size: float | None = None,
     split_seed: int = 0,
     resize: str = "pad",
     train_limit: int | None = None,
+    folder: FolderOptions | None = None,
 ) -> Dataset:
-    """Load, preprocess and split a dataset.
+    """Load, preprocess and split a dataset: a built-in one by name, or a folder of images.
 
-    `train_limit` keeps a stratified subset of the training part (for smoke runs);
-    the validation and test parts are not reduced.
+    `val_size` is a number of images or, below 1, a fraction of the training part (default:
+    10,000 for a built-in dataset, 0.2 for a folder).  `train_limit` keeps a stratified subset
+    of the training part (for smoke runs); the validation and test parts are not reduced.
+    `folder` decodes a folder (its `resize` is this call's).
     """
-    info = dataset_info(name)
-    raw = fetch(info, data_dir)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    source: dict[str, Any] = {}
+    if name in DATASETS:
+        info = dataset_info(name)
+        raw, classes, checksum = fetch(info, data_dir), info.classes, dataset_checksum(info)
+        val_size = 10_000 if val_size is None else val_size
+    else:
+        options = dataclasses.replace(folder or FolderOptions(), resize="stretch" if resize == "resize" else resize)
+        loaded = load_folder(name, options, data_dir)
+        raw, classes, checksum, source = dict(loaded.tensors), loaded.classes, loaded.checksum, loaded.info
+        name, val_size = Path(loaded.info["path"]).name, 0.2 if val_size is None else val_size
+        if "test_y" not in raw:  # held out once: the same stratified part for the same files, whatever the study
+            rest, test = stratified_split(raw["train_y"], max(1, round(options.test_size * len(raw["train_y"]))), 0)
+            raw |= {"test_x": raw["train_x"][test], "test_y": raw["train_y"][test]}
+            raw |= {"train_x": raw["train_x"][rest], "train_y": raw["train_y"][rest]}
+    n = len(raw["train_y"])
+    count = round(val_size * n) if val_size < 1 else int(val_size)
     if name == "synthetic":
-        val_size = min(val_size, len(raw["train_y"]) // 5)
-    train_idx, val_idx = stratified_split(raw["train_y"], val_size, split_seed)
+        count = min(count, n // 5)
+    train_idx, val_idx = stratified_split(raw["train_y"], count, split_seed)
     if train_limit is not None and train_limit < len(train_idx):
-        if train_limit < len(info.classes):
+        if train_limit < len(classes):
             raise ConfigError(f"train_limit: {train_limit} is smaller than the number of classes")
         keep, _ = stratified_split(raw["train_y"][train_idx], len(train_idx) - train_limit, split_seed + 1)
         train_idx = train_idx[keep]
@@ -220,7 +250,7 @@ def load_data(
     mean, std = channel_stats(train.x)
     return Dataset(
         name=name,
-        classes=info.classes,
+        classes=classes,
         train=train,
         val=Split(x_train[val_idx], raw["train_y"][val_idx]),
         test=Split(x_test, raw["test_y"]),
@@ -229,5 +259,6 @@ def load_data(
         resize=resize,
         val_size=len(val_idx),
         split_seed=split_seed,
-        checksum=dataset_checksum(info),
+        checksum=checksum,
+        source=source,
     )

@@ -29,7 +29,9 @@ the centre.  `mnist_style` makes any picture of a digit look like that:
 A Fashion-MNIST model gets the same steps with its dataset's geometry (no
 stroke step, fit the whole 28x28 field, centred by bounding box).  A 3-channel
 (CIFAR-10) model gets the picture as it is: converted to RGB, resized to 32x32
-and standardised.
+and standardised.  A model of a folder of images gets each picture as that
+folder's images were decoded (`folders.to_side`: its channels, padded or
+stretched to 32x32), and prints the folder's class names.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from PIL import Image, ImageOps
 from lenet_hpo.checkpoint import Checkpoint, load_checkpoint
 from lenet_hpo.data import scale_input, to_32
 from lenet_hpo.errors import CheckpointError, ConfigError, ImageError
+from lenet_hpo.folders import flatten, to_side
 from lenet_hpo.space import load_spec, study_path
 from lenet_hpo.studies import retrain_dir
 from lenet_hpo.train import predict_logits
@@ -228,7 +231,10 @@ def mnist_style(
 def model_input(image: Image.Image, meta: dict[str, Any], input_norm: str = "standard") -> torch.Tensor:
     """The (C, 32, 32) float32 input a checkpoint's model expects (scaled by its config's `input_norm`)."""
     channels = int(meta["channels"])
-    if channels == 3:
+    if meta.get("source"):  # a folder of images: decoded as the folder's images were
+        resize = "stretch" if meta["resize"] in ("resize", "stretch") else "pad"
+        x = torch.from_numpy(to_side(flatten(image), channels, resize).copy())[None]
+    elif channels == 3:
         rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy()).permute(2, 0, 1)
         y = F.interpolate(rgb[None], size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
         x = y.round().clamp(0, 255).to(torch.uint8)
@@ -263,7 +269,7 @@ def best_retrained(study: str, studies_dir: Path | None = None) -> Path:
 
 def study_dataset(study: str, studies_dir: Path | None = None) -> str | None:
     """The dataset of the study's definition, `studies/<study>.toml`; None where that file is absent."""
-    return load_spec(study, studies_dir).dataset if study_path(study, studies_dir).is_file() else None
+    return load_spec(study, studies_dir).dataset_name if study_path(study, studies_dir).is_file() else None
 
 
 def open_checkpoint(

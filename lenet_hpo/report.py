@@ -32,7 +32,7 @@ from lenet_hpo.data import Dataset, scale_input
 from lenet_hpo.files import REPORTS_DIR, atomic_write_text
 from lenet_hpo.retrain import RetrainResult, load_result
 from lenet_hpo.space import check_name
-from lenet_hpo.studies import open_study, spec_of
+from lenet_hpo.studies import open_study
 from lenet_hpo.train import predict_logits
 
 COLORS = {"best": "#1f77b4", "baseline": "#d62728", "classic": "#2ca02c"}
@@ -369,11 +369,12 @@ def build_report(
     studies_dir: Path | None = None,
 ) -> ReportFiles:
     check_name(study_name, "report")
-    study = open_study(study_name, url)
+    stored = open_study(study_name, url)
+    study = stored.study
     result = load_result(study_name, studies_dir)
-    data = spec_of(study).load_data(data_dir)
+    data = stored.spec().load_data(data_dir)
     ev = _evidence(result, data)
-    conf = assess(result, study)
+    conf = assess(result, stored)
     table = comparison_table(result, ev.latency)
     figs = [
         accuracy_figure(result), learning_curves_figure(ev.histories),

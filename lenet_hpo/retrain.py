@@ -43,7 +43,7 @@ from lenet_hpo.files import atomic_write_text
 from lenet_hpo.final import FinalRun, RunCache, correctness, named_config, train_final
 from lenet_hpo.space import StudySpec, config_from_params, parse_spec
 from lenet_hpo.stats import Comparison, compare, paired_bootstrap, summarize, with_test_set
-from lenet_hpo.studies import best_trials, open_study, retrain_dir, spec_of
+from lenet_hpo.studies import best_trials, open_study, retrain_dir
 from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
 RESCORE_SEED_BASE = 1000  # --top-k re-scoring seeds: disjoint from the retraining seeds 0..n-1
@@ -198,9 +198,9 @@ def _reporter(on_epoch: OnEpochDone | None, role: str, cfg: TrialConfig) -> Call
 _WORKER: dict[str, Any] = {}  # in a worker process: its data and its progress queue
 
 
-def _init_worker(spec_text: str, name: str, data_dir: Path | None, threads: int, events: Any) -> None:
+def _init_worker(spec_text: str, name: str, base: Path, data_dir: Path | None, threads: int, events: Any) -> None:
     torch.set_num_threads(threads)
-    spec = parse_spec(tomllib.loads(spec_text), name=name, text=spec_text)
+    spec = parse_spec(tomllib.loads(spec_text), name=name, text=spec_text, base=base)
     _WORKER.update(data=spec.load_data(data_dir), events=events)  # moved to a GPU by train() when one is used
 
 
@@ -259,7 +259,7 @@ def _run_in_pool(
     """`workers` processes, each loading the data once; epochs are reported through a queue."""
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
-    init = (spec.text, spec.name, data_dir, max(1, (os.cpu_count() or 1) // workers), events)
+    init = (spec.text, spec.name, spec.base, data_dir, max(1, (os.cpu_count() or 1) // workers), events)
 
     def drain() -> None:
         while True:
@@ -328,8 +328,8 @@ def retrain_best(
     if seeds < 2:
         raise ConfigError("seeds: need at least 2 to estimate an interval")
     base_cfgs = {name: named_config(name) for name in baselines}
-    study = open_study(study_name, url)
-    spec = spec_of(study)
+    stored = open_study(study_name, url)
+    study, spec = stored.study, stored.spec()
     dev = resolve_device(device)
     precision = precision or spec.precision
     data = spec.load_data(data_dir)

@@ -17,6 +17,7 @@ or retried trial) and `on_progress` (the study's state, about once a second).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import multiprocessing
@@ -37,17 +38,20 @@ from typing import Any
 import optuna
 import sqlalchemy
 import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from lenet_hpo import __version__
+from lenet_hpo.acquire import default_data_dir
 from lenet_hpo.config import BASELINE, TrialConfig
 from lenet_hpo.data import Dataset, split_digest
 from lenet_hpo.errors import LenetHpoError, StorageError, StudyError
+from lenet_hpo.folders import what_changed
 from lenet_hpo.layout import best_cpu_layout
 from lenet_hpo.model import build_model, count_macs
-from lenet_hpo.space import StudySpec, load_spec, params_for, suggest_config
+from lenet_hpo.space import StudySpec, load_spec, params_for, params_in_space, suggest_config, trial_seed
 from lenet_hpo.storage import DEFAULT_HEARTBEAT, ClaimLock, Heartbeat, mask_url, open_storage
-from lenet_hpo.studies import count_states
+from lenet_hpo.studies import best_trials, count_states, open_study, study_record, write_record
 from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
 log = logging.getLogger(__name__)
@@ -129,18 +133,43 @@ def package_versions() -> dict[str, str]:
 # --- creating or resuming a study ----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Start a study from the best finished trials of another (`search --warm-start`)."""
+
+    study: str
+    url: str  # its storage
+    top: int = 5
+
+
 def prepare_study(
-    spec: StudySpec, url: str, data: Dataset, *, heartbeat: Heartbeat, sampler_seed: int | None = None
+    spec: StudySpec, url: str, data: Dataset, *, heartbeat: Heartbeat, sampler_seed: int | None = None,
+    data_dir: Path | None = None, warm: WarmStart | None = None,
 ) -> optuna.Study:
     """Create the study (or load it, checking it was made from the same file and data),
-    record what makes it reproducible, and enqueue BASELINE when it lies in the space.
-    Under the claim lock, so searches started at the same moment on several machines
-    create the study and its baseline trial once."""
+    record what makes it reproducible, and enqueue BASELINE when it lies in the space, then
+    the warm start's trials.  Under the claim lock, so searches started at the same moment
+    on several machines create the study, its baseline and warm-start trials once."""
+    source = best_trials(open_study(warm.study, warm.url).study, k=warm.top) if warm else []  # errors before writing
     storage = open_storage(url, heartbeat=heartbeat)
     lock = ClaimLock(url, spec.name)
     try:
         lock.acquire()
-        return _prepare(spec, url, storage, data, sampler_seed)
+        record = study_record(storage, spec.name)
+        if record:
+            _check_resumable(spec, url, storage, data, data_dir, record)
+            earlier = record.get("warm_start", {}).get("study")
+            if warm and earlier not in (None, warm.study):
+                raise StudyError(f"study {spec.name!r} was warm-started from {earlier!r} already")
+        study = optuna.create_study(
+            study_name=spec.name, storage=storage, directions=spec.directions, load_if_exists=True,
+            sampler=spec.make_sampler(sampler_seed), pruner=spec.make_pruner(len(data.train)),
+        )
+        if not record:
+            _record_new_study(study, storage, spec, data)
+        if warm and "warm_start" not in record:
+            _warm_start(study, storage, spec, warm, source)
+        return study
     finally:
         lock.close()
 
@@ -156,47 +185,89 @@ def _same_settings(stored: str | None, text: str) -> bool:
         return False
 
 
-def _prepare(
-    spec: StudySpec, url: str, storage: optuna.storages.BaseStorage, data: Dataset, sampler_seed: int | None
-) -> optuna.Study:
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if spec.name in existing:
-        attrs = existing[spec.name].user_attrs
-        if not _same_settings(attrs.get("study_file"), spec.text):
-            raise StudyError(
-                f"study {spec.name!r} in {mask_url(url)} was created from a different version of {spec.path};"
-                " restore that file, or give the changed file another name to start a new study"
-            )
-        if attrs.get("data", {}).get("checksum") not in (None, data.checksum):
-            raise StudyError(f"study {spec.name!r} was run on other data (checksum differs); use a new study name")
-        if attrs.get("step_unit") != STEP_UNIT and _reported_per_epoch(storage, spec.name):
-            raise StudyError(
-                f"study {spec.name!r} was created by an older lenet-hpo whose trials reported per epoch, not per"
-                " training image; start a new study (another name) or finish this one with that version"
-            )
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        directions=spec.directions,
-        load_if_exists=True,
-        sampler=spec.make_sampler(0 if sampler_seed is None else sampler_seed),
-        pruner=spec.make_pruner(len(data.train)),
-    )
-    if study.user_attrs.get("step_unit") != STEP_UNIT:
-        study.set_user_attr("step_unit", STEP_UNIT)
-    if spec.name not in existing:
-        study.set_user_attr("study_file", spec.text)
-        study.set_user_attr("data", data.meta())
-        subset = data.val_subset(spec.val_subset, spec.split_seed)
-        recorded = {"images": len(subset), "seed": spec.split_seed, "sha256": split_digest(subset)}
-        study.set_user_attr("val_subset", recorded)  # what every trial's points inside epochs validate on
-        study.set_user_attr("objectives", list(spec.objectives))
-        study.set_user_attr("versions", package_versions())
-        baseline = params_for(BASELINE, spec)
-        if baseline is not None:
-            study.enqueue_trial(baseline, user_attrs={"role": "baseline"}, skip_if_exists=True)
-        log.info("created study %s (baseline %s)", spec.name, "enqueued" if baseline else "outside the space")
-    return study
+def _check_resumable(
+    spec: StudySpec, url: str, storage: optuna.storages.BaseStorage, data: Dataset, data_dir: Path | None,
+    record: dict[str, Any],
+) -> None:
+    """An existing study goes on only from the same settings, on the same data, in the same step unit."""
+    if not _same_settings(record.get("study_file"), spec.text):
+        raise StudyError(
+            f"study {spec.name!r} in {mask_url(url)} was created from a different version of {spec.path};"
+            " restore that file, or give the changed file another name to start a new study"
+        )
+    if record.get("data", {}).get("checksum") not in (None, data.checksum):
+        change = _data_change(record["data"], data, data_dir)
+        raise StudyError(f"study {spec.name!r} was run on other data: {change}; restore it, or use a new name")
+    if record.get("step_unit") != STEP_UNIT and _reported_per_epoch(storage, spec.name):
+        raise StudyError(
+            f"study {spec.name!r} was created by an older lenet-hpo whose trials reported per epoch, not per"
+            " training image; start a new study (another name) or finish this one with that version"
+        )
+
+
+def _record_new_study(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, spec: StudySpec, data: Dataset
+) -> None:
+    """What makes the study reproducible, in full in its system attributes (`studies.study_record`);
+    its user attributes, which `optuna studies` and the dashboard show, stay short."""
+    subset = data.val_subset(spec.val_subset, spec.split_seed)
+    full = {
+        "study_file": spec.text,
+        "study_dir": str(spec.base),  # where a folder dataset's relative path starts
+        "data": data.meta(),
+        "val_subset": {"images": len(subset), "seed": spec.split_seed, "sha256": split_digest(subset)},
+        "objectives": list(spec.objectives),
+        "versions": package_versions(),
+        "step_unit": STEP_UNIT,
+    }
+    for key, value in full.items():
+        write_record(storage, spec.name, key, value)
+    with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(spec.objectives))
+    name = spec.path.name if spec.path else f"{spec.name}.toml"
+    study.set_user_attr("study_file", f"{name} (sha256 {hashlib.sha256(spec.text.encode()).hexdigest()[:12]})")
+    study.set_user_attr("dataset", f"{data.name} (checksum {data.checksum[:12]})")
+    study.set_user_attr("lenet_hpo", __version__)
+    baseline = params_for(BASELINE, spec)
+    if baseline is not None:
+        study.enqueue_trial(baseline, user_attrs={"role": "baseline"}, skip_if_exists=True)
+    log.info("created study %s (baseline %s)", spec.name, "enqueued" if baseline else "outside the space")
+
+
+def _warm_start(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, spec: StudySpec, warm: WarmStart,
+    source: list[FrozenTrial],
+) -> None:
+    """Enqueue the source study's best trials, each with the params that lie in this study's
+    space (the others are dropped and named: the sampler draws them anew), and record it."""
+    done, skipped, seen = [], [], {}
+    for t in source:
+        kept, dropped = params_in_space(t.params, spec)
+        same = seen.setdefault(tuple(sorted(kept.items())), t.number)
+        if same != t.number:  # adapted, it is a trial already enqueued
+            skipped.append(f"trial {t.number}: the same as trial {same} without {', '.join(dropped)}")
+            continue
+        attrs: dict[str, Any] = {"warm_start": f"{warm.study} trial {t.number}"}
+        if dropped:
+            attrs["warm_start_dropped"] = dropped
+        study.enqueue_trial(kept, user_attrs=attrs)
+        done.append({"trial": t.number, "value": t.values[0], "params": kept, "dropped": dropped})
+    record = {"study": warm.study, "storage": mask_url(warm.url), "trials": done, "skipped": skipped}
+    write_record(storage, spec.name, "warm_start", record)
+    adapted = sum(bool(d["dropped"]) for d in done)
+    extra = (f", {adapted} adapted" if adapted else "") + (f", {len(skipped)} skipped" if skipped else "")
+    study.set_user_attr("warm_start", f"{warm.study}: {len(done)} trials{extra}")
+
+
+def _data_change(stored: dict[str, Any], data: Dataset, data_dir: Path | None) -> str:
+    """What differs between the data a study began on and `data`, in words."""
+    old, new = stored.get("source", {}), data.source
+    if old.get("files_checksum") and new.get("path"):
+        changes = what_changed(data_dir or default_data_dir(), new["path"], old["files_checksum"])
+        return f"in {new['path']}, {changes}"
+    was = f"{stored.get('dataset')!r} (checksum {str(stored.get('checksum'))[:12]}…)"
+    return f"it began on {was}, this is {data.name!r} ({data.checksum[:12]}…)"
 
 
 def _reported_per_epoch(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -244,7 +315,12 @@ class Objective:
         history: list[dict[str, float]] = []
         # The enqueued baseline is the study's reference point: it is reported like any
         # trial but never pruned, so the study shows where it stands after the full budget.
+        # It is no candidate: a violated constraint keeps it out of TPE's good trials (a
+        # sampler that learns from it searches the baseline's neighbourhood) and out of
+        # study.best_trial.
         reference = trial.user_attrs.get("role") == "baseline"
+        if reference:
+            trial.set_constraint("reference", 1.0)
 
         def report(value: float, epochs: float, seconds: float) -> None:
             trial.set_user_attr("epochs_trained", epochs)
@@ -252,7 +328,8 @@ class Objective:
             if spec.multi_objective:
                 return
             trial.report(value, round(epochs * self.fit_size))
-            if not reference and trial.should_prune():
+            # The baseline's rung results count for the others (should_prune records them), but it goes on.
+            if trial.should_prune() and not reference:
                 trial.set_user_attr("outcome", "pruned")
                 self.finished = trial.number
                 raise optuna.TrialPruned(f"pruned after {epochs:g} epochs at validation accuracy {value:.4f}")
@@ -282,15 +359,41 @@ class Objective:
         return value
 
 
-def fail_orphans(study: optuna.Study, worker: str | None = None) -> None:
+def next_number(study: optuna.Study) -> int:
+    """The number of the trial `study.ask()` gives next: the first enqueued one, else a new one."""
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t.number for t in trials if t.state == TrialState.WAITING]
+    return min(waiting) if waiting else len(trials)
+
+
+def fail_orphans(study: optuna.Study, max_retry: int, worker: str | None = None) -> None:
     """Call under the claim lock.  A RUNNING trial without its `claimed` mark was being
     claimed by a worker that died before the trial's first heartbeat, so heartbeats
     will never fail it; since nobody else is claiming now, fail it here.  With
-    `worker`, also fail the trials that worker claimed (it is being interrupted)."""
+    `worker`, also fail the trials that worker claimed (it is being interrupted).  Then
+    the worker's failed trials (Optuna fails the one an interrupt lands in) are retried
+    like the heartbeats' (`retry_failed`)."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("claimed") != t.number or (worker is not None and t.user_attrs.get("worker") == worker):
             log.warning("trial %d was left RUNNING by an interrupted or dead worker: failing it", t.number)
             study.tell(t.number, state=TrialState.FAIL)
+            retry_failed(study, max_retry, t.number)
+    if worker is not None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.user_attrs.get("worker") == worker:
+                retry_failed(study, max_retry, t.number)
+
+
+def retry_failed(study: optuna.Study, max_retry: int, number: int) -> None:
+    """Queue a failed trial's params again, as the heartbeats do for a dead worker's trial, unless
+    it has none (it died before drawing them), was queued again already, or ran out of retries."""
+    trials = study.get_trials(deepcopy=False)
+    failed = next(t for t in trials if t.number == number)
+    if not failed.params or any(number in t.system_attrs.get("retry_history", ()) for t in trials):
+        return
+    with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, failed)
 
 
 def _short(exc: BaseException) -> str:
@@ -314,9 +417,11 @@ class Worker:
         self.study = optuna.load_study(
             study_name=spec.name,
             storage=self.storage,
-            sampler=spec.make_sampler(0 if sampler_seed is None else sampler_seed),
+            sampler=spec.make_sampler(sampler_seed),
             pruner=spec.make_pruner(len(data.train)),
         )
+        self.seed = spec.sampler_seed if sampler_seed is None else sampler_seed
+        self.max_retry = heartbeat.max_retry
         self.lock = ClaimLock(url, spec.name)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.objective = Objective(spec, data, device, on_start=self._started)
@@ -339,13 +444,16 @@ class Worker:
             with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: FAIL, then retried
-            fail_orphans(self.study)
+            fail_orphans(self.study, self.max_retry)
             counts = count_states(self.study)
             done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
             if done >= n_trials:
                 return False
             if done + counts[TrialState.RUNNING] >= n_trials:
                 return None  # a running trial may still fail and need a retry
+            # Seed the trial's draws by the study's seed and the trial's number (known here: only
+            # the lock holder creates trials), so no two processes draw alike.
+            self.study.sampler = self.spec.make_sampler(trial_seed(self.seed, next_number(self.study)))
             # The lock is released inside the objective once the trial is RUNNING.
             self.study.optimize(self.objective, n_trials=1, catch=(RuntimeError,), gc_after_trial=False)
             return True
@@ -354,7 +462,7 @@ class Worker:
             # it lands while claiming or finishing; leave nothing of ours RUNNING.
             if not self.lock.held:
                 self.lock.acquire()
-            fail_orphans(self.study, self.name)
+            fail_orphans(self.study, self.max_retry, self.name)
             raise
         finally:
             self.lock.release()
@@ -458,13 +566,14 @@ def summarize(
     best: FrozenTrial | None = None
     pareto: list[dict[str, Any]] = []
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
+    candidates = [t for t in complete if t.user_attrs.get("role") != "baseline"]
+    if candidates:
         if spec.multi_objective:
             front = study.best_trials
             pareto = [{"number": t.number, "values": t.values, "params": t.params} for t in front]
             best = max(front, key=lambda t: t.values[0])
         else:
-            best = study.best_trial
+            best = max(candidates, key=lambda t: (t.values[0], -t.number))
     baseline = [t for t in complete if t.user_attrs.get("role") == "baseline"]
     return SearchSummary(
         study=spec.name,
@@ -562,8 +671,8 @@ def default_layout(
 
 
 def _run_processes(
-    spec: StudySpec, url: str, n_trials: int, n_workers: int, seeds: list[int], common: dict[str, Any],
-    deadline: float | None, study: optuna.Study,
+    spec: StudySpec, url: str, n_trials: int, n_workers: int, common: dict[str, Any], deadline: float | None,
+    study: optuna.Study,
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
     procs = []
@@ -573,7 +682,6 @@ def _run_processes(
             "spec_path": str(spec.path),
             "url": url,
             "n_trials": n_trials,
-            "sampler_seed": seeds[k],
             "log_level": logging.getLogger().getEffectiveLevel(),
             # monotonic clocks are per boot: pass the remaining time instead
             "deadline": None if deadline is None else time.monotonic() + (deadline - time.monotonic()),
@@ -616,25 +724,24 @@ def run_search(
     device: str = "auto",
     heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
     data_dir: Path | None = None,
+    warm: WarmStart | None = None,
     on_event: OnEvent | None = None,
     on_progress: OnProgress | None = None,
 ) -> SearchSummary:
-    """Run (or resume) the study until it has `n_trials` finished trials."""
+    """Run (or resume) the study until it has `n_trials` finished trials (`warm`: first enqueue
+    another study's best trials; they count toward `n_trials`)."""
     start = time.monotonic()
     dev = resolve_device(device)
     n_workers, threads = default_layout(dev, workers, threads)
     data = spec.load_data(data_dir)
-    seed = int(spec.sampler.get("seed", 0) or 0) if sampler_seed is None else sampler_seed
-    study = prepare_study(spec, url, data, heartbeat=heartbeat, sampler_seed=seed)
-    # Distinct sampler seeds per worker and per run, so workers and reruns do not
-    # replay each other's random draws.
-    run_offset = len(study.get_trials(deepcopy=False))
+    seed = spec.sampler_seed if sampler_seed is None else sampler_seed
+    study = prepare_study(spec, url, data, heartbeat=heartbeat, sampler_seed=seed, data_dir=data_dir, warm=warm)
     deadline = None if timeout is None else start + timeout
     common = {"device": str(dev), "threads": threads, "heartbeat": heartbeat, "data_dir": data_dir}
+    common["sampler_seed"] = seed
     with Watcher(study, n_trials, on_event, on_progress):
         if n_workers == 1:
-            run_worker(spec, url, n_trials, data=data, sampler_seed=seed + run_offset, deadline=deadline, **common)
+            run_worker(spec, url, n_trials, data=data, deadline=deadline, **common)
         else:
-            seeds = [seed + 1000 * (k + 1) + run_offset for k in range(n_workers)]
-            _run_processes(spec, url, n_trials, n_workers, seeds, common, deadline, study)
+            _run_processes(spec, url, n_trials, n_workers, common, deadline, study)
     return summarize(study, spec, url, n_trials, time.monotonic() - start, n_workers, threads)

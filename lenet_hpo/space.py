@@ -47,13 +47,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import BASELINE, PRECISIONS, TrialConfig
-from lenet_hpo.data import Dataset, load_data
+from lenet_hpo.data import RESIZE_MODES, Dataset, load_data
 from lenet_hpo.errors import StudyError
 from lenet_hpo.files import STUDIES_DIR
+from lenet_hpo.folders import FolderOptions
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 OBJECTIVES = ("val_accuracy", "params", "macs")
@@ -63,7 +65,8 @@ PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
 RESOURCE_KEYS = frozenset({"min_resource", "max_resource", "n_warmup_steps", "interval_steps"})
 
 _FIELD_TYPES = {f.name: f.type for f in fields(TrialConfig)}  # "int", "float", "str", "bool"
-_STUDY_KEYS = {
+_FOLDER_KEYS = {"channels", "test_size", "skip_bad"}
+_STUDY_KEYS = _FOLDER_KEYS | {
     "report_at",
     "val_subset",
     "name",
@@ -124,8 +127,10 @@ class StudySpec:
     name: str
     path: Path | None
     text: str  # the file's contents, recorded in the study
-    dataset: str = "mnist"
-    val_size: int = 10_000
+    dataset: str = "mnist"  # a built-in dataset's name, or a folder: absolute, or relative to `base`
+    base: Path = Path()  # the study file's folder
+    folder: FolderOptions | None = None  # how a folder dataset is decoded (None: a built-in dataset)
+    val_size: float | None = None  # images, or below 1 a fraction of the training part (load_data's default)
     split_seed: int = 0
     train_limit: int | None = None
     resize: str = "pad"
@@ -149,26 +154,42 @@ class StudySpec:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    @property
+    def dataset_location(self) -> str:
+        """The built-in dataset's name, or the folder's absolute path."""
+        return self.dataset if self.folder is None else str((self.base / self.dataset).expanduser().resolve())
+
+    @property
+    def dataset_name(self) -> str:
+        """What the loaded dataset calls itself: the built-in name, or the folder's name."""
+        return self.dataset if self.folder is None else Path(self.dataset_location).name
+
     def load_data(self, data_dir: Path | None = None) -> Dataset:
         """The study's dataset, split as the study says."""
         return load_data(
-            self.dataset,
+            self.dataset_location,
             data_dir=data_dir,
             val_size=self.val_size,
             split_seed=self.split_seed,
             resize=self.resize,
             train_limit=self.train_limit,
+            folder=self.folder,
         )
 
     def base_config(self) -> TrialConfig:
         """What every trial shares before its searched values are applied."""
         return BASELINE.replace(**self.fixed, epochs=self.epochs, seed=self.train_seed)
 
-    def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    @property
+    def sampler_seed(self) -> int:
+        """The study's seed: every trial's random draws derive from it and the trial's number."""
+        return int(self.sampler.get("seed", 0) or 0)
+
+    def make_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
+        """The study's sampler with its random draws seeded by `seed` (see `trial_seed`)."""
         opts = dict(self.sampler)
         name = opts.pop("name", "tpe")
-        seed = opts.pop("seed", 0)
-        seed = None if seed is None else int(seed) + seed_offset
+        opts.pop("seed", None)
         match name:
             case "tpe":
                 opts.setdefault("multivariate", True)
@@ -177,8 +198,8 @@ class StudySpec:
                 return optuna.samplers.TPESampler(seed=seed, **opts)
             case "random":
                 return optuna.samplers.RandomSampler(seed=seed, **opts)
-            case "qmc":
-                return optuna.samplers.QMCSampler(seed=seed, **opts)
+            case "qmc":  # its seed scrambles the whole sequence: one seed for the study, not per trial
+                return optuna.samplers.QMCSampler(seed=self.sampler_seed, **opts)
             case "gp":
                 return optuna.samplers.GPSampler(seed=seed, **opts)
             case "nsgaii":
@@ -221,6 +242,12 @@ class StudySpec:
         raise StudyError(f"pruner: unknown {name!r}")
 
 
+def trial_seed(study_seed: int, number: int) -> int:
+    """The seed of trial `number`'s random draws: the same for the same study seed and trial
+    number, whichever machine or process draws it, and different for every trial."""
+    return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0])
+
+
 def suggest_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
     """The only place that calls `trial.suggest_*`: sample a config from the space."""
     values: dict[str, Any] = {}
@@ -237,6 +264,22 @@ def suggest_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
         else:
             values[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log, step=p.step)  # type: ignore[arg-type]
     return spec.base_config().replace(**values)
+
+
+def params_in_space(params: dict[str, Any], spec: StudySpec) -> tuple[dict[str, Any], list[str]]:
+    """(the params that lie in `spec`'s space, the names of those that do not, with why) for a
+    trial of another study: what a warm start can carry over."""
+    by_name = {p.name: p for p in spec.params}
+    switches = {f"{p.name}_on": p for p in spec.params if p.off is not None}
+    kept, dropped = {}, []
+    for name, value in params.items():
+        if (name in switches and isinstance(value, bool)) or (name in by_name and by_name[name].contains(value)):
+            kept[name] = value
+        elif name in by_name or name in switches:
+            dropped.append(f"{name}={value!r} (outside this space)")
+        else:
+            dropped.append(f"{name} (not searched here)")
+    return kept, dropped
 
 
 def config_from_params(params: dict[str, Any], spec: StudySpec) -> TrialConfig:
@@ -340,13 +383,40 @@ def _check_pruner(spec: StudySpec) -> None:
         raise StudyError(f"pruner: {exc}") from None
 
 
-def _parse_study_table(study: dict[str, Any], name: str) -> dict[str, Any]:
+def _parse_dataset(study: dict[str, Any], base: Path) -> dict[str, Any]:
+    """study.dataset (a built-in name, or a folder relative to the study file) and its options."""
+    dataset = study.get("dataset", "mnist")
+    _require(isinstance(dataset, str) and dataset != "", f"study.dataset: {dataset!r} is not a name or a folder")
+    folder_keys = sorted(_FOLDER_KEYS & set(study))
+    if dataset in DATASETS:
+        _require(not folder_keys, f"study.{folder_keys[0] if folder_keys else ''}: only for a folder dataset")
+        return {"dataset": dataset, "base": base}
+    where = (base / dataset).expanduser()
+    _require(
+        where.is_dir(),
+        f"study.dataset: {dataset!r} is not a built-in dataset ({', '.join(DATASETS)}) and {where} is not a folder",
+    )
+    channels, test_size = study.get("channels"), study.get("test_size", 0.2)
+    _require(channels in (None, 1, 3), f"study.channels: {channels!r} must be 1 or 3")
+    _require(_number(test_size) and 0 < test_size < 1, f"study.test_size: {test_size!r} must be a fraction in (0, 1)")
+    skip_bad = study.get("skip_bad", False)
+    _require(isinstance(skip_bad, bool), f"study.skip_bad: expected true or false, got {skip_bad!r}")
+    resize = study.get("resize", "pad")
+    _require(resize in ("pad", "stretch"), f"study.resize: {resize!r} is not pad or stretch (for a folder)")
+    options = FolderOptions(channels=channels, resize=resize, test_size=float(test_size), skip_bad=skip_bad)
+    return {"dataset": dataset, "base": base, "folder": options}
+
+
+def _parse_study_table(study: dict[str, Any], name: str, base: Path) -> dict[str, Any]:
     """The [study] table, checked: StudySpec's keyword arguments from it."""
     bad = sorted(set(study) - _STUDY_KEYS)
     _require(not bad, f"unknown key study.{bad[0]} (known: {', '.join(sorted(_STUDY_KEYS))})" if bad else "")
-    dataset = study.get("dataset", "mnist")
-    _require(dataset in DATASETS, f"study.dataset: {dataset!r} is not one of {', '.join(DATASETS)}")
-    for key in ("val_size", "split_seed", "train_limit", "epochs", "train_seed"):
+    val_size = study.get("val_size")
+    _require(
+        val_size is None or (_number(val_size) and (0 < val_size < 1 or (val_size >= 1 and val_size == int(val_size)))),
+        f"study.val_size: {val_size!r} must be a number of images or a fraction between 0 and 1",
+    )
+    for key in ("split_seed", "train_limit", "epochs", "train_seed"):
         v = study.get(key)
         _require(v is None or _count(v), f"study.{key}: expected a non-negative integer, got {v!r}")
     epochs = study.get("epochs", 4)
@@ -359,7 +429,7 @@ def _parse_study_table(study: dict[str, Any], name: str) -> dict[str, Any]:
         f"study.objectives: {list(objectives)} must be ['val_accuracy'] or ['val_accuracy', 'params' or 'macs']",
     )
     resize = study.get("resize", "pad")
-    _require(resize in ("pad", "resize"), f"study.resize: {resize!r} is not pad or resize")
+    _require(resize in RESIZE_MODES, f"study.resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
     report_at = study.get("report_at", [])
     _require(
         isinstance(report_at, list) and all(_number(v) and 0 < v < epochs for v in report_at),
@@ -370,9 +440,9 @@ def _parse_study_table(study: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "report_at": tuple(float(v) for v in report_at),
         "val_subset": val_subset,
+        **_parse_dataset(study, base),
         "name": check_name(str(study.get("name", name))),
-        "dataset": dataset,
-        "val_size": study.get("val_size", 10_000),
+        "val_size": val_size,
         "split_seed": study.get("split_seed", 0),
         "train_limit": study.get("train_limit") or None,
         "resize": resize,
@@ -401,12 +471,17 @@ def _check_space(spec: StudySpec) -> None:
         raise StudyError(f"space: {exc}") from None
 
 
-def parse_spec(raw: dict[str, Any], *, name: str, path: Path | None = None, text: str = "") -> StudySpec:
+def parse_spec(
+    raw: dict[str, Any], *, name: str, path: Path | None = None, text: str = "", base: Path | None = None
+) -> StudySpec:
+    """A study file's contents, checked.  A folder dataset's relative path is relative to `base`
+    (default: the study file's folder, else the working directory)."""
     unknown = sorted(set(raw) - {"study", "sampler", "pruner", "fixed", "space"})
     _require(
         not unknown, f"unknown table [{unknown[0]}] (known: study, sampler, pruner, fixed, space)" if unknown else ""
     )
-    study = _parse_study_table(dict(raw.get("study", {})), name)
+    base = base if base is not None else (path.parent if path is not None else Path())
+    study = _parse_study_table(dict(raw.get("study", {})), name, base.resolve())
     sampler = dict(raw.get("sampler", {"name": "tpe"}))
     _require(
         sampler.get("name", "tpe") in SAMPLERS,

@@ -7,7 +7,9 @@ is already in a storage, without the search's worker machinery.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -17,26 +19,55 @@ from lenet_hpo.files import STUDIES_DIR
 from lenet_hpo.space import StudySpec, check_name, parse_spec
 from lenet_hpo.storage import mask_url, open_storage
 
+RECORD = "lenet_hpo:"  # prefix of the study system attributes that hold what lenet-hpo records
+
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
 
 
-def open_study(study_name: str, url: str) -> optuna.Study:
+def study_record(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
+    """What lenet-hpo recorded of a study in full (its file, data, versions, validation subset,
+    warm start): the study system attributes `lenet_hpo:*`.  Studies made before kept these
+    as user attributes, which are read then.  ({} for a study that does not exist.)"""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return {}
+    system = storage.get_study_system_attrs(study_id)
+    full = {k.removeprefix(RECORD): v for k, v in system.items() if k.startswith(RECORD)}
+    return full or dict(storage.get_study_user_attrs(study_id))
+
+
+def write_record(storage: optuna.storages.BaseStorage, name: str, key: str, value: Any) -> None:
+    """Record `value` in full as the study system attribute lenet_hpo:`key` (user attributes
+    stay short: `optuna studies` prints them all)."""
+    storage.set_study_system_attr(storage.get_study_id_from_name(name), RECORD + key, value)
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """A study in its storage, with what lenet-hpo recorded of it."""
+
+    study: optuna.Study
+    record: dict[str, Any]
+
+    def spec(self) -> StudySpec:
+        """The study's own definition, as recorded when it was created."""
+        text = self.record.get("study_file")
+        if not text:
+            raise StudyError(f"study {self.study.study_name!r} was not created by lenet-hpo (no study file recorded)")
+        base = Path(self.record.get("study_dir", "."))  # a folder dataset's relative path starts there
+        return parse_spec(tomllib.loads(text), name=self.study.study_name, text=text, base=base)
+
+
+def open_study(study_name: str, url: str) -> StoredStudy:
     """Load an existing study; a clear error lists the studies that do exist."""
     storage = open_storage(url, heartbeat=None, create=False)
     names = study_names(storage)
     if study_name not in names:
         raise StudyError(f"no study {study_name!r} in {mask_url(url)} (studies there: {', '.join(names) or 'none'})")
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def spec_of(study: optuna.Study) -> StudySpec:
-    """The study's own definition, as recorded when it was created."""
-    text = study.user_attrs.get("study_file")
-    if not text:
-        raise StudyError(f"study {study.study_name!r} was not created by lenet-hpo (no study_file attribute)")
-    return parse_spec(tomllib.loads(text), name=study.study_name, text=text)
+    return StoredStudy(optuna.load_study(study_name=study_name, storage=storage), study_record(storage, study_name))
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
@@ -47,8 +78,10 @@ def count_states(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
-    """The k best COMPLETE trials by validation accuracy; a clear error when there are none."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    """The k best COMPLETE trials by validation accuracy (the enqueued baseline is the reference,
+    not a candidate); a clear error when there are none."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    trials = [t for t in complete if t.user_attrs.get("role") != "baseline"]
     if not trials:
         counts = count_states(study)
         raise StudyError(

@@ -38,10 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_fleet_study(directory: Path, name: str, *, slow: bool = False, baseline: bool = False) -> Path:
-    """Synthetic data, no pruning, random sampling: a trial is ~0.1 s of training ("fast")
-    or a few seconds ("slow", so that a fault can land mid-trial).  `baseline`: a space
-    that contains BASELINE, so the study enqueues it."""
+def write_fleet_study(
+    directory: Path, name: str, *, slow: bool = False, baseline: bool = False, sampler: dict | None = None
+) -> Path:
+    """Synthetic data, no pruning, random sampling (or `sampler`): a trial is ~0.1 s of training
+    ("fast") or a few seconds ("slow", so that a fault can land mid-trial).  `baseline`: a
+    space that contains BASELINE, so the study enqueues it."""
     return write_study(
         directory,
         name,
@@ -51,18 +53,30 @@ def write_fleet_study(directory: Path, name: str, *, slow: bool = False, baselin
             "train_limit": 1000 if slow else 200,
             "epochs": 12 if slow else 1,
         },
-        sampler={"name": "random", "seed": 0},
+        sampler=sampler or {"name": "random", "seed": 0},
         pruner={"name": "none"},
         fixed=None if baseline else {"activation": "relu", "optimizer": "adam"},
         space={"c1": C1_LR["c1"]} if baseline else C1_LR,
     )
 
 
-def search_argv(study: Path, url: str, trials: int, *, workers: int = 1, heartbeat: int = 2) -> list[str]:
+def search_argv(
+    study: Path, url: str, trials: int, *, workers: int = 1, heartbeat: int = 2, json: bool = True
+) -> list[str]:
     return [
         sys.executable, "-m", "lenet_hpo", "search", "--study", str(study), "--trials", str(trials), "--workers",
-        str(workers), "--threads", "1", "--heartbeat", str(heartbeat), "--device", "cpu", "--storage", url, "--json",
+        str(workers), "--threads", "1", "--heartbeat", str(heartbeat), "--device", "cpu", "--storage", url,
+        *(["--json"] if json else []),
     ]
+
+
+def fresh(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials whose params a sampler drew: neither enqueued (baseline, warm start) nor retries."""
+    return [t for t in trials if "fixed_params" not in t.system_attrs and "failed_trial" not in t.system_attrs]
+
+
+def retried(trials: list[FrozenTrial], number: int) -> bool:
+    return any(number in t.system_attrs.get("retry_history", ()) for t in trials)
 
 
 def env() -> dict[str, str]:

@@ -188,7 +188,7 @@ def test_sqlite_folder_that_cannot_be_made(workdir, capsys):
     [
         ("[study\n", "not valid TOML"),
         ('[study]\nepochs = "two"\n', "study.epochs: expected a non-negative integer"),
-        ('[study]\ndataset = "imagenet"\n', "study.dataset: 'imagenet' is not one of"),
+        ('[study]\ndataset = "imagenet"\n', "study.dataset: 'imagenet' is not a built-in dataset"),
         ("[space]\nc1 = { low = 8, high = 4 }\n", "space.c1: low 8 is above high 4"),
         ("[space]\nwidth = { low = 1, high = 2 }\n", "unknown key space.width"),
         ("[sampler]\nname = 'annealing'\n", "sampler.name"),
@@ -267,7 +267,7 @@ def test_a_study_where_every_trial_failed_explains_itself(workdir):
     for state in (TrialState.FAIL, TrialState.FAIL, TrialState.PRUNED):
         study.tell(study.ask(), state=state)
     with pytest.raises(StudyError) as exc:
-        best_trials(open_study("f", url))
+        best_trials(open_study("f", url).study)
     message = str(exc.value)
     assert "study 'f' has no completed trial (1 pruned, 2 failed, 0 running)" in message
     assert "python -m lenet_hpo search --study f" in message

@@ -12,8 +12,9 @@ from lenet_hpo.cli import main
 from lenet_hpo.config import TrialConfig
 from lenet_hpo.data import split_digest
 from lenet_hpo.errors import StudyError
-from lenet_hpo.search import run_search
+from lenet_hpo.search import WarmStart, run_search
 from lenet_hpo.space import load_spec
+from lenet_hpo.studies import study_record
 from lenet_hpo.train import resolve_precision, train
 
 
@@ -52,7 +53,7 @@ def test_search_completes_and_records_attrs(study_file, tmp_path):
     assert t.user_attrs["precision"] == resolve_precision(
         "auto", spec.base_config(), torch.device("cpu")
     )  # the default
-    attrs = study.user_attrs
+    attrs = study_record(optuna.storages.RDBStorage(url), "t")  # in full; the user attributes stay short
     assert attrs["data"]["n_val"] == 400 and attrs["data"]["split_seed"] == 0 and attrs["data"]["checksum"]
     assert attrs["study_file"] == spec.text and "torch" in attrs["versions"]
 
@@ -245,7 +246,8 @@ def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_
     study = optuna.load_study(study_name="v", storage=url)
     data = spec.load_data()
     subset = data.val_subset(100, spec.split_seed)
-    assert study.user_attrs["val_subset"] == {"images": 100, "seed": 0, "sha256": split_digest(subset)}
+    recorded = study_record(optuna.storages.RDBStorage(url), "v")["val_subset"]
+    assert recorded == {"images": 100, "seed": 0, "sha256": split_digest(subset)}
     for t in study.trials:
         values = t.intermediate_values
         assert set(values) == {800, 1600, 2400, 3200}
@@ -257,3 +259,86 @@ def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_
         assert all(abs(values[s] * 100 - round(values[s] * 100)) < 1e-4 for s in (800, 2400))
         assert t.value == values[3200] == alone.history[-1].eval_acc  # the whole split, after the full budget
         assert values[1600] == alone.history[0].eval_acc  # epoch ends: the whole split too
+
+
+# --- warm start, named metrics, what the CLI shows ---------------------------------------------------
+
+
+def searched_source(tmp_path, trials=4):
+    path = write_study(tmp_path, "src", study=SYNTHETIC, sampler={"name": "random", "seed": 1}, pruner={"name": "none"},
+                       fixed=FAST_FIXED, space=C1_LR)
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    run_search(load_spec(str(path)), url, trials, workers=1, threads=1, device="cpu")
+    best = sorted((t for t in optuna.load_study(study_name="src", storage=url).trials), key=lambda t: -t.value)
+    return url, best
+
+
+def test_a_warm_start_enqueues_the_best_trials_of_another_study_and_counts_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url, best = searched_source(tmp_path)
+    path = write_study(tmp_path, "dst", study=SYNTHETIC, sampler={"name": "random", "seed": 2}, pruner={"name": "none"},
+                       fixed=FAST_FIXED, space=C1_LR)
+    dst = f"sqlite:///{tmp_path / 'dst.db'}"
+    warm = WarmStart("src", url, 3)
+    summary = run_search(load_spec(str(path)), dst, 5, workers=1, threads=1, device="cpu", warm=warm)
+    trials = sorted(optuna.load_study(study_name="dst", storage=dst).trials, key=lambda t: t.number)
+    assert summary.n_complete == 5 and len(trials) == 5  # the 3 enqueued count toward the 5
+    assert [t.params for t in trials[:3]] == [t.params for t in best[:3]]
+    assert [t.user_attrs["warm_start"] for t in trials[:3]] == [f"src trial {t.number}" for t in best[:3]]
+    record = study_record(optuna.storages.RDBStorage(dst), "dst")["warm_start"]
+    assert record["study"] == "src" and [r["trial"] for r in record["trials"]] == [t.number for t in best[:3]]
+    assert optuna.load_study(study_name="dst", storage=dst).user_attrs["warm_start"] == "src: 3 trials"
+    again = run_search(load_spec(str(path)), dst, 6, workers=1, threads=1, device="cpu", warm=warm)
+    assert again.n_complete == 6  # a rerun does not enqueue them twice
+
+
+def test_a_warm_start_into_a_narrower_space_names_what_it_leaves_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url, best = searched_source(tmp_path)
+    narrow = {"c1": {"low": 4, "high": 8}, "lr": {"low": 1e-3, "high": 1.01e-3, "log": True}}  # lr: one value
+    path = write_study(tmp_path, "narrow", study=SYNTHETIC, sampler={"name": "random", "seed": 2},
+                       pruner={"name": "none"}, fixed=FAST_FIXED, space=narrow)
+    dst = f"sqlite:///{tmp_path / 'narrow.db'}"
+    run_search(load_spec(str(path)), dst, 4, workers=1, threads=1, device="cpu", warm=WarmStart("src", url, 4))
+    trials = optuna.load_study(study_name="narrow", storage=dst).trials
+    warm = sorted((t for t in trials if "warm_start" in t.user_attrs), key=lambda t: t.number)
+    distinct = list(dict.fromkeys(t.params["c1"] for t in best))  # lr dropped: trials alike but for it merge
+    assert [t.params["c1"] for t in warm] == distinct  # kept, in the source's order
+    for t in warm:
+        source = next(s for s in best if f"src trial {s.number}" == t.user_attrs["warm_start"])
+        assert 1e-3 <= t.params["lr"] <= 1.01e-3  # drawn anew in this space
+        assert t.user_attrs["warm_start_dropped"] == [f"lr={source.params['lr']!r} (outside this space)"]
+    record = study_record(optuna.storages.RDBStorage(dst), "narrow")["warm_start"]
+    assert len(record["trials"]) == len(distinct) and len(record["skipped"]) == 4 - len(distinct)
+    assert all("the same as trial" in line and "without lr=" in line for line in record["skipped"])
+
+
+def test_a_warm_start_from_a_missing_study_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    url, _ = searched_source(tmp_path, trials=1)
+    path = write_study(tmp_path, "dst", study=SYNTHETIC, pruner={"name": "none"}, fixed=FAST_FIXED, space=C1_LR)
+    argv = ["search", "--study", str(path), "--trials", "2", "--workers", "1", "--threads", "1", "--device", "cpu"]
+    assert main([*argv, "--warm-start", "nope", "--warm-start-storage", url]) == 1
+    err = capsys.readouterr().err
+    assert "no study 'nope' in sqlite:///" in err and "studies there: src" in err
+    assert not (tmp_path / "studies").exists() and not list(tmp_path.glob("dst.db*"))
+
+
+def test_metric_names_and_short_user_attributes_for_the_optuna_cli(study_file, tmp_path):
+    path = study_file()
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    run_search(load_spec(str(path)), url, 2, workers=1, threads=1, device="cpu")
+    study = optuna.load_study(study_name="t", storage=url)
+    assert study.metric_names == ["val_accuracy"]
+    assert all(len(str(v)) < 60 for v in study.user_attrs.values()), study.user_attrs
+    record = study_record(optuna.storages.RDBStorage(url), "t")
+    assert record["study_file"] == path.read_text() and record["data"]["n_val"] == 400  # in full, for tools
+    optuna_cli = [sys.executable, "-c", "from optuna.cli import main; main()"]
+    studies = subprocess.run([*optuna_cli, "studies", "--storage", url], capture_output=True, text=True, check=True)
+    assert max(len(line) for line in studies.stdout.splitlines()) < 250 and "t.toml (sha256 " in studies.stdout
+    best = subprocess.run([*optuna_cli, "best-trial", "--study-name", "t", "--storage", url, "-f", "json"],
+                          capture_output=True, text=True, check=True)
+    assert "val_accuracy" in best.stdout
+    rows = subprocess.run([*optuna_cli, "trials", "--study-name", "t", "--storage", url],
+                          capture_output=True, text=True, check=True)
+    assert "val_accuracy" in rows.stdout

@@ -1,6 +1,9 @@
+import tomllib
+
 import optuna
 import pytest
 
+from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import BASELINE, TrialConfig
 from lenet_hpo.errors import StudyError
 from lenet_hpo.space import (
@@ -10,6 +13,7 @@ from lenet_hpo.space import (
     load_spec,
     params_for,
     parse_spec,
+    study_path,
     suggest_config,
 )
 
@@ -33,10 +37,17 @@ def spec(**changes):
     return parse_spec(raw, name="t")
 
 
-def test_shipped_studies_parse_and_baseline_lies_in_the_default_space():
-    assert {"mnist", "smoke", "fashion-mnist", "cifar10"} <= set(available_studies())
+def test_shipped_studies_parse_and_baseline_lies_in_the_default_space(tmp_path):
+    assert {"mnist", "smoke", "fashion-mnist", "cifar10", "folder-example"} <= set(available_studies())
     for name in available_studies():
-        load_spec(name)
+        text = study_path(name).read_text()
+        raw = tomllib.loads(text)
+        if raw["study"]["dataset"] not in DATASETS:  # a folder, relative to the study file: give it one
+            (tmp_path / "studies").mkdir(exist_ok=True)
+            (tmp_path / "studies" / raw["study"]["dataset"]).mkdir(parents=True, exist_ok=True)
+            parse_spec(raw, name=name, text=text, base=tmp_path / "studies")
+        else:
+            load_spec(name)
     mnist = load_spec("mnist")
     assert mnist.dataset == "mnist" and mnist.val_size == 10_000
     searched = {p.name for p in mnist.params}

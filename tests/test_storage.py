@@ -22,7 +22,9 @@ from fleet import (
     assert_exact,
     env,
     free_port,
+    fresh,
     record,
+    retried,
     search_argv,
     start,
     stop,
@@ -49,6 +51,13 @@ def storage_url(request, tmp_path):
 
 def backend(url):
     return url.split(":", 1)[0].split("+", 1)[0]
+
+
+def every_failure_retried(trials):
+    """The rule of docs/reliability.md: a failed trial that had drawn its params has them run again."""
+    for t in trials:
+        if t.state == TrialState.FAIL and t.params:
+            assert retried(trials, t.number), f"trial {t.number} failed with params {t.params} and was not retried"
 
 
 def log_of(path):
@@ -94,6 +103,7 @@ def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried(storage_url,
     assert trials[victim.number].state == TrialState.FAIL
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]
     assert any(t.state == TrialState.COMPLETE and t.params == victim.params for t in retries), retries
+    every_failure_retried(list(trials.values()))
     figures = watch.figures(3)
     assert_exact(figures)
     record(
@@ -133,6 +143,7 @@ def test_interrupted_search_leaves_nothing_running_and_a_rerun_finishes(storage_
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     figures = watch.figures(3)
     assert_exact(figures)
+    every_failure_retried(watch.trials())
     record(
         f"Ctrl-C, then SIGTERM, then the same command again ({backend(storage_url)})",
         workers=2,
@@ -242,3 +253,36 @@ def _quietly(fn):
         return fn()
     except OSError:
         return None
+
+
+def test_searches_started_together_never_draw_the_same_params(storage_url, tmp_path):
+    """Four `search` processes (machines) start at the same moment on one study: no two
+    sampled trials share params, in TPE's random start-up or after it."""
+    study = write_fleet_study(tmp_path, "together", sampler={"name": "tpe", "seed": 0, "n_startup_trials": 10})
+    procs = [start(search_argv(study, storage_url, 32), tmp_path / f"s{k}.log") for k in range(4)]
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            stop(p)
+    assert codes == [0, 0, 0, 0], [log_of(tmp_path / f"s{k}.log") for k in range(4)]
+    watch = Watch(storage_url, "together")
+    figures = watch.figures(32)
+    assert_exact(figures)
+    trials = watch.trials()
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # they did share the work
+    drawn = [tuple(sorted(t.params.items())) for t in fresh(trials)]
+    startup = [tuple(sorted(t.params.items())) for t in fresh(trials) if t.number < 10]
+    assert len(drawn) >= 30 and len(set(drawn)) == len(drawn) and len(set(startup)) == len(startup)
+    record(f"4 searches started together, TPE ({backend(storage_url)})", workers=4, duplicated_samples=0, **figures)
+
+
+def test_a_single_worker_study_is_reproducible_from_its_seed(tmp_path):
+    study = write_fleet_study(tmp_path, "again", sampler={"name": "tpe", "seed": 3, "n_startup_trials": 3})
+    params = []
+    for k in range(2):
+        url = f"sqlite:///{tmp_path / f'again{k}.db'}"
+        proc = subprocess.run(search_argv(study, url, 6), capture_output=True, text=True, env=env(), timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        params.append([t.params for t in sorted(Watch(url, "again").trials(), key=lambda t: t.number)])
+    assert params[0] == params[1]
