@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from lenet_hpo.data import Dataset
-from lenet_hpo.final import FinalRun
-from lenet_hpo.retrain import EpochDone, RetrainResult
-from lenet_hpo.search import Progress, SearchSummary, TrialEvent
-from lenet_hpo.train import EpochStats
+if TYPE_CHECKING:  # annotations only: `--help` does not wait for torch and optuna to load
+    from optuna.trial import FrozenTrial
+
+    from lenet_hpo.data import Dataset
+    from lenet_hpo.final import FinalRun
+    from lenet_hpo.retrain import EpochDone, RetrainResult
+    from lenet_hpo.search import Progress, SearchSummary, TrialEvent
+    from lenet_hpo.train import EpochStats
 
 PROG = "python -m lenet_hpo"
 
@@ -34,11 +36,11 @@ def trial_line(t: FrozenTrial) -> str:
     epochs = float(t.user_attrs.get("epochs_trained", len(hist)))
     secs = float(t.user_attrs.get("seconds_trained", sum(h["seconds"] for h in hist)))
     role = " (baseline)" if t.user_attrs.get("role") == "baseline" else ""
-    if t.state == TrialState.COMPLETE:
+    if t.state.name == "COMPLETE":
         what = f"val_acc {t.values[0]:.4f}"
         if len(t.values) > 1:
             what += f", {t.values[1]:,.0f} {'params' if t.values[1] >= 0 else ''}"
-    elif t.state == TrialState.PRUNED:
+    elif t.state.name == "PRUNED":
         outcome = t.user_attrs.get("outcome", "pruned")
         value = t.intermediate_values.get(t.last_step) if t.last_step is not None and outcome == "pruned" else None
         what = f"{outcome} after {epochs:g} epochs" + (f" at {value:.4f}" if value is not None else "")
@@ -131,7 +133,7 @@ def search_summary(s: SearchSummary, study_arg: str, storage_given: bool) -> lis
         f" ({s.workers} worker(s) x {s.threads_per_worker} thread(s))",
     ]
     if s.best_number is None or s.best_value is None:
-        return [*lines, "no trial completed yet: run the same command again to continue"]
+        return [*lines, "no trial completed yet (beside the baseline, the reference): run it again with more --trials"]
     lines.append(f"best trial {s.best_number}: validation accuracy {s.best_value:.4f}")
     if s.baseline_value is not None:
         lines.append(f"baseline trial:  validation accuracy {s.baseline_value:.4f} (same epoch budget)")
@@ -154,7 +156,9 @@ class EpochBar:
     """A bar over epochs (of one run, or of all runs of retrain-best) with an ETA."""
 
     def __init__(self, desc: str, total: int, *, enabled: bool = True) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="epoch", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+        # In a log (stderr not a terminal) no redrawn bar: the runs' lines alone.
+        on = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit="epoch", file=sys.stderr, disable=not on, dynamic_ncols=True)
 
     def on_train_epoch(self, e: EpochStats) -> None:
         self.bar.update(1)

@@ -90,7 +90,7 @@ def _files(folder: Path, classes: list[str]) -> tuple[list[tuple[Path, int]], in
 
 def scan(root: str | Path) -> FolderScan:
     """List a folder's classes and image files, checking the layout; nothing is decoded."""
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()
     if not root.exists():
         raise DataError(
             f"unknown dataset {str(root)!r}: not one of {', '.join(DATASETS)}, and {root}: no such folder;"
@@ -116,7 +116,7 @@ def scan(root: str | Path) -> FolderScan:
     if few:
         listed = ", ".join(f"{name!r} has {n}" for name, n in few[:10])
         raise DataError(f"{root}: every class needs at least {MIN_PER_CLASS} images; {listed}")
-    return FolderScan(root.resolve(), tuple(classes), splits, ignored)
+    return FolderScan(root, tuple(classes), splits, ignored)
 
 
 def with_checksum(s: FolderScan) -> FolderScan:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,21 @@ def mnist_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return data_dir
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """(headless Chromium, its flags) for the browser tests; skips where it is not installed,
+    fails under CI (which installs it)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000"]
+    return exe, flags
 
 
 # --- PostgreSQL: a server CI runs on 127.0.0.1:5432 (trust auth); each test gets its own database ---

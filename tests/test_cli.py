@@ -7,7 +7,8 @@ import urllib.request
 import optuna
 import torch
 from fleet import env as fleet_env
-from fleet import free_port
+from fleet import free_port, write_fleet_study
+from PIL import Image
 
 from lenet_hpo.cli import main
 
@@ -106,3 +107,26 @@ def test_dashboard_warns_when_bound_beyond_loopback(tmp_path, capsys):
     assert "no authentication" in err and "http://0.0.0.0:" in err
     assert main(["dashboard", "--study", "t", "--storage", f"sqlite:///{tmp_path / 'missing.db'}"]) == 1
     assert "no study database" in capsys.readouterr().err
+
+
+def test_the_dashboard_shows_the_metric_name(tmp_path, chromium):
+    """A study page in headless Chromium says val_accuracy, not "Objective 0"."""
+    from lenet_hpo.search import run_search
+    from lenet_hpo.space import load_spec
+
+    study = write_fleet_study(tmp_path, "t")
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    run_search(load_spec(str(study)), url, 2, workers=1, threads=1, device="cpu")
+    proc, studies = serve_dashboard(url)
+    port = proc.args[proc.args.index("--port") + 1]
+    try:
+        exe, flags = chromium
+        page = f"http://127.0.0.1:{port}/dashboard/studies/{studies[0]['study_id']}"
+        dom = subprocess.run([exe, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+        shot = tmp_path / "dashboard.png"
+        subprocess.run([exe, *flags, "--window-size=1280,900", f"--screenshot={shot}", page], capture_output=True,
+                       timeout=120)
+    finally:
+        stop_dashboard(proc)
+    assert "val_accuracy" in dom and "Objective 0" not in dom
+    assert shot.exists() and Image.open(shot).size == (1280, 900)

@@ -1,10 +1,8 @@
 import json
-import os
 import shutil
 import subprocess
 
 import optuna
-import pytest
 import torch
 from PIL import Image
 
@@ -14,16 +12,7 @@ from lenet_hpo.report import build_report, config_table
 from lenet_hpo.stats import verdict
 
 
-def chromium():
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return exe
-
-
-def test_report_html_opens_offline_without_js_errors(retrained, tmp_path):
+def test_report_html_opens_offline_without_js_errors(retrained, tmp_path, chromium):
     root, url, _ = retrained
     files = build_report("s", url, out_dir=tmp_path / "reports", studies_dir=root / "studies")
     text = files.html.read_text()
@@ -34,19 +23,7 @@ def test_report_html_opens_offline_without_js_errors(retrained, tmp_path):
     assert "| setting | best | baseline |" in md and "The same for all: " in md
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     assert "| precision |" in header and f"| {retrained[2].models['best'].precision} |" in md
-    exe = chromium()
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chrome'}",
-        "--virtual-time-budget=10000",
-    ]
+    exe, flags = chromium
     dom = subprocess.run(
         [exe, *flags, "--dump-dom", files.html.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout
