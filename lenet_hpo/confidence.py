@@ -118,7 +118,7 @@ def budget_sentences(c: Confidence) -> list[str]:
         f" average the curve below (Dodge et al., 2019): {c.expected[0][1]:.2%} after one, {last:.2%} after {n}."
         f" {beat} From {n // 2} to {n} trials it rises by {100 * (last - half):.2f} points"
         + (": still improving." if last - half > 0.0005 else ": it has levelled off."),
-        f"Pruned trials enter with the last validation accuracy they reported (as early as their first rung{subset}),"
+        f"Pruned trials enter with the last validation accuracy they reported (as early as their first report{subset}),"
         " a lower bound of what their full budget would have given, so the curve is pessimistic. It also treats"
         " trials as independent draws; TPE chose each trial knowing the earlier ones, so the study's own"
         " best-so-far (in the order its trials ran) shows what this search found, the expected curve what the same"

@@ -90,10 +90,10 @@ def _files(folder: Path, classes: list[str]) -> tuple[list[tuple[Path, int]], in
 
 def scan(root: str | Path) -> FolderScan:
     """List a folder's classes and image files, checking the layout; nothing is decoded."""
-    root = Path(root).expanduser().resolve()
+    given, root = str(root), Path(root).expanduser().resolve()
     if not root.exists():
         raise DataError(
-            f"unknown dataset {str(root)!r}: not one of {', '.join(DATASETS)}, and {root}: no such folder;"
+            f"unknown dataset {given!r}: not one of {', '.join(DATASETS)}, and there is no folder {root};"
             " give a folder with one subfolder of images per class"
         )
     if not root.is_dir():

@@ -328,8 +328,9 @@ class Objective:
             if spec.multi_objective:
                 return
             trial.report(value, round(epochs * self.fit_size))
-            # The baseline's rung results count for the others (should_prune records them), but it goes on.
-            if trial.should_prune() and not reference:
+            # The baseline's rung results count for the others (should_prune records them), but it goes
+            # on; and a trial that trained its whole budget completes, even where a rung falls there.
+            if trial.should_prune() and not reference and epochs < cfg.epochs:
                 trial.set_user_attr("outcome", "pruned")
                 self.finished = trial.number
                 raise optuna.TrialPruned(f"pruned after {epochs:g} epochs at validation accuracy {value:.4f}")

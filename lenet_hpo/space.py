@@ -22,7 +22,7 @@ A study file:
     name = "tpe"
     seed = 0
 
-    [pruner]                 # median (default), successive_halving, hyperband, threshold, none;
+    [pruner]                 # median (default), percentile, successive_halving, hyperband, threshold, none;
                              # other keys go to its constructor, resources and steps in epochs
                              # (min_resource, max_resource, n_warmup_steps, interval_steps; fractions allowed)
     name = "median"
@@ -60,7 +60,7 @@ from lenet_hpo.folders import FolderOptions
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 OBJECTIVES = ("val_accuracy", "params", "macs")
 SAMPLERS = ("tpe", "random", "qmc", "gp", "nsgaii")
-PRUNERS = ("median", "successive_halving", "hyperband", "threshold", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold", "none")
 # Pruner options counted in steps; a study file gives them in epochs.
 RESOURCE_KEYS = frozenset({"min_resource", "max_resource", "n_warmup_steps", "interval_steps"})
 
@@ -227,8 +227,10 @@ class StudySpec:
         for key in RESOURCE_KEYS & set(opts):
             opts[key] = max(1, int(float(opts[key]) * fit_size))
         match name:
-            case "median":
+            case "median":  # below the median of the completed trials at the same step
                 return optuna.pruners.MedianPruner(**opts)
+            case "percentile":  # keeps the top `percentile` percent of the completed trials' values at each step
+                return optuna.pruners.PercentilePruner(**opts)
             case "successive_halving":  # asynchronous (ASHA): rungs at min_resource * reduction_factor^k
                 return optuna.pruners.SuccessiveHalvingPruner(**opts)
             case "hyperband":

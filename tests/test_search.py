@@ -234,6 +234,23 @@ def test_reports_inside_epochs_reach_the_pruner_at_their_steps(tmp_path, monkeyp
         assert len(rungs) == {400: 1, 800: 2, 1600: 3}[t.last_step]  # each rung judged where it falls
 
 
+def test_a_trial_that_trained_its_whole_budget_completes_where_a_rung_falls_at_the_end(tmp_path, monkeypatch):
+    """Rungs at 1/2, 1 and 2 epochs, 2 the whole budget: the last one judges nobody (with seed 2,
+    successive halving would prune a trial there)."""
+    monkeypatch.chdir(tmp_path)
+    path = write_study(
+        tmp_path, "e", study=SYNTHETIC, sampler={"name": "random", "seed": 2},
+        pruner={"name": "successive_halving", "min_resource": 0.5, "reduction_factor": 2},
+        fixed=FAST_FIXED, space=C1_LR,
+    )
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    run_search(load_spec(str(path)), url, 10, workers=1, threads=1, device="cpu")
+    trials = optuna.load_study(study_name="e", storage=url).trials
+    assert [t for t in trials if t.state == TrialState.PRUNED]
+    assert all(t.state == TrialState.COMPLETE for t in trials if t.user_attrs["epochs_trained"] == 2)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 2
+
+
 def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_split(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_study(

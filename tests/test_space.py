@@ -142,3 +142,20 @@ def test_malformed_file_names_the_file(tmp_path):
 def test_names_with_path_parts_are_refused(name):
     with pytest.raises(StudyError, match="not allowed"):
         check_name(name)
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [{"name": "median", "n_warmup_steps": 0.5}, {"name": "percentile", "percentile": 40.0, "n_warmup_steps": 0.5}],
+)
+def test_pruner_steps_given_in_epochs_count_images_seen(pruner):
+    """With 50,000 images an epoch, a warm-up of 1/2 epoch ends at step 25,000."""
+    made = spec(pruner=pruner).make_pruner(fit_size=50_000)
+    study = optuna.create_study(direction="maximize", pruner=made)
+    for _ in range(5):  # the pruners' default n_startup_trials
+        study.add_trial(optuna.trial.create_trial(value=0.99, intermediate_values={12_500: 0.9, 25_000: 0.95}))
+    trial = study.ask()
+    trial.report(0.1, 12_500)
+    assert not trial.should_prune()  # still warming up
+    trial.report(0.1, 25_000)
+    assert trial.should_prune()
