@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
@@ -153,32 +155,54 @@ def search_summary(s: SearchSummary, study_arg: str, storage_given: bool) -> lis
 
 
 class EpochBar:
-    """A bar over epochs (of one run, or of all runs of retrain-best) with an ETA."""
+    """A bar over epochs (of one run, or of all runs of retrain-best) with an ETA.  In a log
+    (stderr not a terminal) no redrawn bar: the runs' lines and a status line at most every 30 s."""
 
-    def __init__(self, desc: str, total: int, *, enabled: bool = True) -> None:
-        # In a log (stderr not a terminal) no redrawn bar: the runs' lines alone.
-        on = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, unit="epoch", file=sys.stderr, disable=not on, dynamic_ncols=True)
+    def __init__(self, desc: str, total: int, *, enabled: bool = True, stream: TextIO = sys.stderr,
+                 tty: bool | None = None, status_every: float = STATUS_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        on_terminal = stream.isatty() if tty is None else tty
+        self.desc, self.stream, self.status_every, self.clock = desc, stream, status_every, clock
+        self.log, self.done, self.total = enabled and not on_terminal, 0, total
+        self.started = self.last_status = clock()
+        self.bar = tqdm(total=total, desc=desc, unit="epoch", file=stream, disable=not (enabled and on_terminal),
+                        dynamic_ncols=True)
+
+    def _status(self) -> None:
+        now = self.clock()
+        if not self.log or now < self.last_status + self.status_every:
+            return
+        self.last_status = now
+        done, total, elapsed = self.done, self.total, now - self.started
+        eta = _duration(elapsed / done * (total - done)) if done else "-"
+        self.stream.write(f"{self.desc}: {done}/{total} epochs, {_duration(elapsed)} elapsed, ETA {eta}\n")
+        self.stream.flush()
+
+    def _update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
 
     def on_train_epoch(self, e: EpochStats) -> None:
-        self.bar.update(1)
+        self._update(1)
         postfix = {"loss": f"{e.train_loss:.4f}", "acc": f"{e.train_acc:.4f}", f"{e.split}_acc": f"{e.eval_acc:.4f}"}
         self.bar.set_postfix(**postfix, s=f"{e.seconds:.1f}")
+        self._status()
 
     def on_epoch_done(self, e: EpochDone) -> None:
         if e.role.startswith("trial "):  # re-scoring the top trials (--top-k): epochs beyond the final runs
-            self.bar.total += 1
-        self.bar.update(1)
+            self.total += 1
+            self.bar.total = self.total
+        self._update(1)
         self.bar.set_postfix(run=f"{e.role} seed {e.seed}", epoch=f"{e.epoch}/{e.epochs}")
+        self._status()
 
     def on_run(self, run: FinalRun, epochs: int) -> None:
         """A finished run: its line, and the bar moved past the epochs it did not train here."""
         if run.source != "trained":
-            self.bar.update(epochs)
+            self._update(epochs)
         what = f"{run.epochs} epochs, {run.seconds:.0f} s" if run.source == "trained" else run.source
-        self.bar.write(
-            f"{run.role:9s} seed {run.seed}: test accuracy {run.test_accuracy:.4f} ({what})", file=sys.stderr
-        )
+        line = f"{run.role:9s} seed {run.seed}: test accuracy {run.test_accuracy:.4f} ({what})"
+        self.bar.write(line, file=self.stream)
 
     def close(self) -> None:
         self.bar.close()

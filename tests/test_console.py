@@ -8,7 +8,8 @@ import optuna
 from fleet import env, search_argv, write_fleet_study
 from optuna.trial import TrialState, create_trial
 
-from lenet_hpo.console import SearchLog, trial_line
+from lenet_hpo.console import EpochBar, SearchLog, trial_line
+from lenet_hpo.retrain import EpochDone
 from lenet_hpo.search import Progress, SearchSummary, TrialEvent
 
 
@@ -79,3 +80,29 @@ def test_a_search_with_stderr_in_a_file_writes_lines_not_a_bar(tmp_path):
 def test_a_trial_line_says_where_a_pruned_trial_stopped():
     line = trial_line(finished(7, state=TrialState.PRUNED))
     assert line == "trial   7 PRUNED   pruned after 0.125 epochs at 0.5000 (0.125 ep, 2 s)"
+
+
+def test_retrain_progress_in_a_log_is_run_lines_and_a_status_every_30_s_at_most():
+    out, now = io.StringIO(), [0.0]
+    bar = EpochBar("retrain", 40, stream=out, tty=False, clock=lambda: now[0])
+    for epoch in range(1, 21):  # 20 epochs of 5 s, two runs at once
+        now[0] = 5.0 * epoch
+        bar.on_epoch_done(EpochDone("best", 0, epoch, 20, 5.0))
+        bar.on_epoch_done(EpochDone("baseline", 0, epoch, 20, 5.0))
+    bar.close()
+    text = out.getvalue()
+    assert "\r" not in text
+    assert text.splitlines() == [
+        "retrain: 11/40 epochs, 0:30 elapsed, ETA 1:19",  # at the first epoch to end 30 s after the start
+        "retrain: 23/40 epochs, 1:00 elapsed, ETA 0:44",
+        "retrain: 35/40 epochs, 1:30 elapsed, ETA 0:12",
+    ]
+
+
+def test_retrain_progress_on_a_terminal_or_with_json_has_no_status_lines():
+    for tty, enabled in ((True, True), (False, False)):
+        out = io.StringIO()
+        bar = EpochBar("retrain", 4, stream=out, tty=tty, enabled=enabled, clock=lambda: 100.0)
+        bar.on_epoch_done(EpochDone("best", 0, 1, 2, 5.0))
+        bar.close()
+        assert "epochs," not in out.getvalue()
