@@ -382,7 +382,7 @@ def read_cache(path: Path, checksum: str) -> Tensors | None:
         cached = torch.load(path, weights_only=True)
         if cached.get("format") == CACHE_FORMAT and cached.get("checksum") == checksum:
             return {k: v for k, v in cached.items() if k not in ("format", "checksum")}
-        log.warning("%s: cache is from another version; rebuilding", path)
+        log.warning("%s: cached for other files, options or code version; rebuilding", path)
     except Exception as exc:  # noqa: BLE001 - the cache is derived data: rebuild it
         log.warning("%s: unreadable cache (%s); rebuilding from the verified files", path, exc)
     return None

@@ -72,6 +72,15 @@ def _pts(v: float) -> str:
     return f"{100 * v:+.2f}"
 
 
+def share(p: float) -> str:
+    """A probability as a percentage that never rounds to a certainty it is not (99.96% is not 100%)."""
+    if 0.999 < p < 1:
+        return f"{p:.2%}" if p < 0.9999 else "over 99.99%"
+    if 0 < p < 0.001:
+        return f"{p:.2%}" if p >= 0.0001 else "under 0.01%"
+    return f"{p:.1%}"
+
+
 def sentences(c: Confidence) -> list[str]:
     """Plain sentences, in the order a reader asks."""
     d = c.comparison
@@ -92,7 +101,7 @@ def sentences(c: Confidence) -> list[str]:
         f"The {c.n_images:,} test images are themselves a sample of the images such a model will meet. Drawing the"
         f" seeds and the test images again {len(c.test_set.differences):,} times, the difference lies between"
         f" {_pts(tlo)} and {_pts(thi)} points in 95% of draws, and the tuned model is the more accurate in"
-        f" {d.prob_improvement:.0%} of (seed, test set) draws. "
+        f" {share(d.prob_improvement)} of (seed, test set) draws. "
         + ("So the difference holds beyond these test images." if holds
            else "That interval includes no difference: on new data the improvement is not established."),
         f"Counting only the test images one model gets right and the other wrong: the tuned model alone on"
@@ -142,7 +151,7 @@ def numbers_table(c: Confidence) -> pd.DataFrame:
     if d.test_set_ci95 is not None and d.prob_improvement is not None:
         lo, hi = d.test_set_ci95
         rows += [("95% interval, seeds and test images resampled", f"[{_pts(lo)}, {_pts(hi)}]"),
-                 ("P(tuned more accurate), over (seed, test set) draws", f"{d.prob_improvement:.1%}")]
+                 ("P(tuned more accurate), over (seed, test set) draws", share(d.prob_improvement))]
     else:
         rows.append(("test-set statistics", NOT_AVAILABLE))
     if c.expected:
@@ -194,7 +203,15 @@ def budget_figure(c: Confidence) -> Figure:
     if c.baseline_value is not None:
         fig.add_hline(y=100 * c.baseline_value, line={"color": "#d62728", "dash": "dash"},
                       annotation_text="baseline trial", annotation_position="bottom right")
+    # A few poor draws (diverged runs) put the first trials' expected best far below the rest: the axis
+    # starts at a quarter of the trials (or the baseline trial, if lower), where the comparison is.
+    low = min(float(mean[len(mean) // 4]), c.baseline_value if c.baseline_value is not None else 1.0)
+    top = max(float(mean[-1] + std[-1]), float(np.max(best)) if np.isfinite(best).any() else 0.0)
     fig.update_layout(title="Expected best validation accuracy against the number of trials", height=420,
-                      xaxis_title="trials", yaxis_title="validation accuracy (%)")
-    note = "Band: ± one standard deviation of the best of n trials drawn from this study's trials."
+                      xaxis_title="trials", yaxis_title="validation accuracy (%)",
+                      yaxis_range=[100 * low - 0.3, min(100.0, 100 * top + 0.2)])
+    note = (
+        "Band: ± one standard deviation of the best of n trials drawn from this study's trials. The axis starts"
+        f" near the curve at {len(mean) // 4 + 1} trials; the values for fewer trials are in the sentences above."
+    )
     return title, fig, note

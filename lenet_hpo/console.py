@@ -163,7 +163,7 @@ class EpochBar:
                  clock: Callable[[], float] = time.monotonic) -> None:
         on_terminal = stream.isatty() if tty is None else tty
         self.desc, self.stream, self.status_every, self.clock = desc, stream, status_every, clock
-        self.log, self.done, self.total = enabled and not on_terminal, 0, total
+        self.log, self.done, self.skipped, self.total = enabled and not on_terminal, 0, 0, total
         self.started = self.last_status = clock()
         self.bar = tqdm(total=total, desc=desc, unit="epoch", file=stream, disable=not (enabled and on_terminal),
                         dynamic_ncols=True)
@@ -174,7 +174,8 @@ class EpochBar:
             return
         self.last_status = now
         done, total, elapsed = self.done, self.total, now - self.started
-        eta = _duration(elapsed / done * (total - done)) if done else "-"
+        trained = done - self.skipped  # epochs taken from the cache or an earlier run took no time
+        eta = _duration(elapsed / trained * (total - done)) if trained else "-"
         self.stream.write(f"{self.desc}: {done}/{total} epochs, {_duration(elapsed)} elapsed, ETA {eta}\n")
         self.stream.flush()
 
@@ -199,6 +200,7 @@ class EpochBar:
     def on_run(self, run: FinalRun, epochs: int) -> None:
         """A finished run: its line, and the bar moved past the epochs it did not train here."""
         if run.source != "trained":
+            self.skipped += epochs
             self._update(epochs)
         what = f"{run.epochs} epochs, {run.seconds:.0f} s" if run.source == "trained" else run.source
         line = f"{run.role:9s} seed {run.seed}: test accuracy {run.test_accuracy:.4f} ({what})"

@@ -11,6 +11,7 @@ import html
 import io
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,10 +235,13 @@ def search_figures(study: optuna.Study) -> list[Figure]:
         ("Optimization history", history, "Validation accuracy of each completed trial and the best so far.")
     ]
     try:
-        # Optuna's default evaluator (PED-ANOVA) explains *low* targets: negate accuracy.
-        imp = optuna.visualization.plot_param_importances(
-            study, target=lambda t: -t.values[0], target_name="validation accuracy"
-        )
+        # Optuna's default evaluator (PED-ANOVA) explains *low* targets: negate accuracy (and
+        # silence its warning that says just that).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes", UserWarning)
+            imp = optuna.visualization.plot_param_importances(
+                study, target=lambda t: -t.values[0], target_name="validation accuracy"
+            )
         note = (
             "PED-ANOVA importances: how much each parameter decides whether a trial reaches the top"
             " validation accuracies."

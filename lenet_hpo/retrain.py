@@ -343,6 +343,7 @@ def retrain_best(
     jobs = [
         (role, cfg.replace(seed=s), use_cache and role != "best") for s in range(seeds) for role, cfg in roles.items()
     ]
+    jobs.sort(key=lambda job: not job[2])  # cache look-ups first: their lines come at once, not between trainings
     plan = _Plan(
         jobs, retrain_dir(study_name, studies_dir), dev, precision, {"trial": chosen.trial, "study": study_name}
     )

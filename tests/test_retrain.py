@@ -110,8 +110,11 @@ def test_progress_moves_every_epoch_of_every_run(searched, tmp_path):
 def test_a_second_retraining_takes_the_baseline_from_the_run_cache(retrained, tmp_path, monkeypatch, capsys):
     root, url, first = retrained
     monkeypatch.chdir(tmp_path)
-    again = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=2, studies_dir=tmp_path / "other")
+    runs = []
+    again = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=2, studies_dir=tmp_path / "other",
+                         on_run=runs.append)
     assert again.models["baseline"].sources == ["cached"] * 3 and again.models["best"].sources == ["trained"] * 3
+    assert [r.source for r in runs] == ["cached"] * 3 + ["trained"] * 3  # look-ups first, not between trainings
     assert again.models["baseline"].test_accuracy == first.models["baseline"].test_accuracy
     assert all(p.startswith(str(tmp_path / "other")) for p in again.models["baseline"].checkpoints)  # copied in
     argv = ["retrain-best", "--study", "s", "--storage", url, "--seeds", "3", "--epochs", "2", "--device", "cpu"]

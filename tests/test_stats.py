@@ -175,6 +175,15 @@ def test_the_verdict_names_both_intervals_and_says_when_they_disagree():
     assert verdict(c.difference, c.ci95, c.p_value, NAMES) == c.verdict  # without test-set statistics: as before
 
 
+def test_a_verdict_the_seeds_do_not_carry_says_so_whatever_the_test_set_interval():
+    c = compare([0.84, 0.64], [0.62, 0.62])  # 2 seeds that disagree: p > 0.05
+    assert c.p_value > 0.05
+    both = verdict(c.difference, c.ci95, c.p_value, NAMES, (-0.01, 0.30))
+    assert both.startswith("no significant difference over seeds") and both.endswith("[-1.00, 30.00]")
+    split = verdict(c.difference, c.ci95, c.p_value, NAMES, (0.16, 0.25))
+    assert split.endswith("[16.00, 25.00], which excludes 0 while the seeds do not: more seeds (--seeds) settle it")
+
+
 # --- what the search budget bought -----------------------------------------------------------------
 
 
