@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,9 @@ class StudySpec:
                 opts.setdefault("multivariate", True)
                 opts.setdefault("group", True)  # conditional params (momentum only for SGD)
                 opts.setdefault("constant_liar", True)  # parallel workers do not repeat each other
-                return optuna.samplers.TPESampler(seed=seed, **opts)
+                with warnings.catch_warnings():  # multivariate, group, constant_liar: experimental, used knowingly
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.samplers.TPESampler(seed=seed, **opts)
             case "random":
                 return optuna.samplers.RandomSampler(seed=seed, **opts)
             case "qmc":  # its seed scrambles the whole sequence: one seed for the study, not per trial

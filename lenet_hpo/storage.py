@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -105,17 +106,20 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT, c
         if parsed.get_backend_name() == "postgresql":
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
     kwargs: dict[str, object] = {"engine_kwargs": engine_kwargs}
-    if heartbeat is not None:
-        kwargs |= {
-            "heartbeat_interval": heartbeat.interval,
-            "grace_period": heartbeat.grace,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry),
-        }
-    try:
-        with _schema_lock(url):
-            return _Storage(url, **kwargs)  # type: ignore[arg-type]
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as exc:
-        raise StorageError(f"cannot open storage {mask_url(url)}: {_reason(exc, url)}") from None
+    # Heartbeats are experimental in Optuna and relied on knowingly: no warning in every worker's log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat is not None:
+            kwargs |= {
+                "heartbeat_interval": heartbeat.interval,
+                "grace_period": heartbeat.grace,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry),
+            }
+        try:
+            with _schema_lock(url):
+                return _Storage(url, **kwargs)  # type: ignore[arg-type]
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as exc:
+            raise StorageError(f"cannot open storage {mask_url(url)}: {_reason(exc, url)}") from None
 
 
 class _Storage(RDBStorage):
