@@ -340,10 +340,9 @@ def retrain_best(
         resolve_precision(precision, cfg, dev)  # an impossible precision fails before the first run
     budget = epochs or base_cfgs[baselines[0]].epochs
     roles = {role: cfg.replace(epochs=budget) for role, cfg in {"best": chosen.config, **base_cfgs}.items()}
-    jobs = [
-        (role, cfg.replace(seed=s), use_cache and role != "best") for s in range(seeds) for role, cfg in roles.items()
-    ]
-    jobs.sort(key=lambda job: not job[2])  # cache look-ups first: their lines come at once, not between trainings
+    # Cache look-ups first: their lines come at once, not between trainings.
+    jobs = sorted(((role, cfg.replace(seed=s), use_cache and role != "best") for s in range(seeds)
+                   for role, cfg in roles.items()), key=lambda job: not job[2])
     plan = _Plan(
         jobs, retrain_dir(study_name, studies_dir), dev, precision, {"trial": chosen.trial, "study": study_name}
     )
