@@ -163,6 +163,7 @@ class EpochBar:
                  clock: Callable[[], float] = time.monotonic) -> None:
         on_terminal = stream.isatty() if tty is None else tty
         self.desc, self.stream, self.status_every, self.clock = desc, stream, status_every, clock
+        # Counted here, not read from tqdm: a disabled bar (in a log) counts nothing.
         self.log, self.done, self.skipped, self.total = enabled and not on_terminal, 0, 0, total
         self.started = self.last_status = clock()
         self.bar = tqdm(total=total, desc=desc, unit="epoch", file=stream, disable=not (enabled and on_terminal),

@@ -1,10 +1,17 @@
-"""The errors the library raises.  Each message says what went wrong and what to do.
+"""The errors the library raises, and the warnings it silences.  Each message says what
+went wrong and what to do.
 
 The command line maps them to exit statuses: a `ConfigError` (a bad value given by the
 user: a config field, a named config, a command-line value the parser could not check)
 exits 2, like argparse's own errors; every other `LenetHpoError` exits 1.  Anything
 else is a bug and is shown with its traceback.
 """
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class LenetHpoError(Exception):
@@ -41,3 +48,14 @@ class CheckpointError(LenetHpoError):
 
 class ImageError(LenetHpoError):
     """An image to classify is missing, unreadable or blank."""
+
+
+@contextmanager
+def experimental_used_knowingly() -> Iterator[None]:
+    """Optuna features marked experimental that the project relies on (heartbeats, TPE's
+    group and constant liar, metric names, stale-trial retries): no warning in every log."""
+    from optuna.exceptions import ExperimentalWarning  # here, so importing errors stays cheap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield

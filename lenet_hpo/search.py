@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 import tomllib
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from lenet_hpo import __version__
 from lenet_hpo.acquire import default_data_dir
 from lenet_hpo.config import BASELINE, TrialConfig
 from lenet_hpo.data import Dataset, split_digest
-from lenet_hpo.errors import LenetHpoError, StorageError, StudyError
+from lenet_hpo.errors import LenetHpoError, StorageError, StudyError, experimental_used_knowingly
 from lenet_hpo.folders import what_changed
 from lenet_hpo.layout import best_cpu_layout
 from lenet_hpo.model import build_model, count_macs
@@ -222,8 +221,7 @@ def _record_new_study(
     }
     for key, value in full.items():
         write_record(storage, spec.name, key, value)
-    with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_used_knowingly():
         study.set_metric_names(list(spec.objectives))
     name = spec.path.name if spec.path else f"{spec.name}.toml"
     study.set_user_attr("study_file", f"{name} (sha256 {hashlib.sha256(spec.text.encode()).hexdigest()[:12]})")
@@ -392,8 +390,7 @@ def retry_failed(study: optuna.Study, max_retry: int, number: int) -> None:
     failed = next(t for t in trials if t.number == number)
     if not failed.params or any(number in t.system_attrs.get("retry_history", ()) for t in trials):
         return
-    with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_used_knowingly():
         RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, failed)
 
 
@@ -442,8 +439,7 @@ class Worker:
         reached, None when running trials may still need retries (wait and ask again)."""
         self.lock.acquire()
         try:
-            with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with experimental_used_knowingly():
                 optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: FAIL, then retried
             fail_orphans(self.study, self.max_retry)
             counts = count_states(self.study)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ import optuna
 from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import BASELINE, PRECISIONS, TrialConfig
 from lenet_hpo.data import RESIZE_MODES, Dataset, load_data
-from lenet_hpo.errors import StudyError
+from lenet_hpo.errors import StudyError, experimental_used_knowingly
 from lenet_hpo.files import STUDIES_DIR
 from lenet_hpo.folders import FolderOptions
 
@@ -196,8 +195,7 @@ class StudySpec:
                 opts.setdefault("multivariate", True)
                 opts.setdefault("group", True)  # conditional params (momentum only for SGD)
                 opts.setdefault("constant_liar", True)  # parallel workers do not repeat each other
-                with warnings.catch_warnings():  # multivariate, group, constant_liar: experimental, used knowingly
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                with experimental_used_knowingly():  # multivariate, group, constant_liar
                     return optuna.samplers.TPESampler(seed=seed, **opts)
             case "random":
                 return optuna.samplers.RandomSampler(seed=seed, **opts)

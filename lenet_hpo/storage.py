@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -30,7 +29,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
-from lenet_hpo.errors import StorageError
+from lenet_hpo.errors import StorageError, experimental_used_knowingly
 from lenet_hpo.files import STUDIES_DIR
 
 log = logging.getLogger(__name__)
@@ -106,9 +105,7 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT, c
         if parsed.get_backend_name() == "postgresql":
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
     kwargs: dict[str, object] = {"engine_kwargs": engine_kwargs}
-    # Heartbeats are experimental in Optuna and relied on knowingly: no warning in every worker's log.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_used_knowingly():  # heartbeats
         if heartbeat is not None:
             kwargs |= {
                 "heartbeat_interval": heartbeat.interval,
