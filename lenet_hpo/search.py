@@ -282,8 +282,9 @@ class Objective:
 
     A trial's steps are training images seen: it reports at the study's points inside
     epochs (on the fixed validation subset) and after every epoch (on the whole
-    validation split), so pruners can act on fractions of an epoch.  Its value is always
-    the whole validation split after its full budget.
+    validation split, or on the subset before the last epoch with `val_subset_epochs`),
+    so pruners can act on fractions of an epoch.  Its value is always the whole
+    validation split after its full budget.
 
     `finished` is the number of the last trial this objective returned a result for:
     if Optuna then refuses to record it, that trial was failed by another worker."""
@@ -342,6 +343,7 @@ class Objective:
         result = train(
             cfg, self.data, device=self.device, on_epoch=on_epoch, precision=precision, points=spec.report_points(),
             point_split=self.subset, on_point=lambda p: report(p.acc, p.epoch, p.seconds),
+            subset_epochs=spec.val_subset_epochs,
         )
         self.finished = trial.number
         if result.outcome == "diverged":

@@ -14,6 +14,7 @@ A study file:
     epochs = 4               # per-trial epoch budget
     report_at = [0.125, 0.5] # also validate inside epochs, at these positions (in epochs; then every epoch)
     val_subset = 2000        # validation images those points use (a fixed, stratified part; 0: all)
+    val_subset_epochs = false  # true: epoch ends before the last validate on val_subset too
     train_seed = 0           # weight init and batch order of every trial (common random numbers)
     precision = "auto"       # fp32, bf16 (autocast), auto: bf16 on a CPU with native bfloat16, else fp32
     objectives = ["val_accuracy"]      # optionally a second: "params" or "macs" (minimised)
@@ -69,6 +70,7 @@ _FOLDER_KEYS = {"channels", "test_size", "skip_bad"}
 _STUDY_KEYS = _FOLDER_KEYS | {
     "report_at",
     "val_subset",
+    "val_subset_epochs",
     "name",
     "dataset",
     "val_size",
@@ -140,6 +142,7 @@ class StudySpec:
     objectives: tuple[str, ...] = ("val_accuracy",)
     report_at: tuple[float, ...] = ()  # positions inside epochs (in epochs) where trials also report
     val_subset: int = 0  # validation images the points inside epochs use; 0: the whole split
+    val_subset_epochs: bool = False  # epoch ends before the last validate on the subset too
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -440,9 +443,16 @@ def _parse_study_table(study: dict[str, Any], name: str, base: Path) -> dict[str
     )
     val_subset = study.get("val_subset", 0)
     _require(_count(val_subset), f"study.val_subset: expected a non-negative integer, got {val_subset!r}")
+    subset_epochs = study.get("val_subset_epochs", False)
+    _require(isinstance(subset_epochs, bool), f"study.val_subset_epochs: expected true or false, got {subset_epochs!r}")
+    _require(
+        not subset_epochs or val_subset > 0,
+        "study.val_subset_epochs = true needs study.val_subset > 0 (the images those epoch ends validate on)",
+    )
     return {
         "report_at": tuple(float(v) for v in report_at),
         "val_subset": val_subset,
+        "val_subset_epochs": subset_epochs,
         **_parse_dataset(study, base),
         "name": check_name(str(study.get("name", name))),
         "val_size": val_size,

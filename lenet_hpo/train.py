@@ -52,7 +52,7 @@ class EpochStats:
     eval_acc: float
     seconds: float  # wall time of the training steps, evaluation excluded
     lr: float  # learning rate at the end of the epoch
-    split: str = "val"  # what was evaluated: "val" in a search, "test" in a final run
+    split: str = "val"  # what was evaluated: "val" in a search ("val_subset": its fixed subset), "test" in a final run
 
     def to_dict(self) -> dict[str, float]:
         """Plain values; the evaluation keys say their split (val_acc, test_acc)."""
@@ -365,6 +365,7 @@ def train(
     points: Sequence[float] = (),
     point_split: Split | None = None,
     on_point: OnPoint | None = None,
+    subset_epochs: bool = False,
 ) -> TrainResult:
     """Train `cfg` on `data` and return the model and its per-epoch history.
 
@@ -373,6 +374,8 @@ def train(
     precision: "fp32", "bf16" or "auto" (see the module docstring and `resolve_precision`).
     points: positions in epochs inside epochs (e.g. 0.25) at which to evaluate
     `point_split` (default: the evaluation split) and call `on_point`.
+    subset_epochs: epoch ends before the last evaluate `point_split` too (their stats say
+    split "val_subset"); the last epoch always evaluates the whole evaluation split.
     """
     start = time.perf_counter()
     dev = resolve_device(device)
@@ -391,9 +394,13 @@ def train(
             result.outcome = "diverged"
             result.history.append(EpochStats(epoch, math.nan, math.nan, math.nan, math.nan, seconds, lr, split))
             break
-        loss, acc, result.predicted = evaluate_tensors(run.model, *run.held_out, run.criterion, precision=prec)
-        result.predicted = result.predicted.cpu()
-        stats = EpochStats(epoch, train_loss, train_acc, loss, acc, seconds, lr, split)
+        if subset_epochs and point_split is not None and epoch < cfg.epochs:
+            loss, acc, _ = evaluate_tensors(run.model, *run.point_set, run.criterion, precision=prec)
+            stats = EpochStats(epoch, train_loss, train_acc, loss, acc, seconds, lr, f"{split}_subset")
+        else:
+            loss, acc, result.predicted = evaluate_tensors(run.model, *run.held_out, run.criterion, precision=prec)
+            result.predicted = result.predicted.cpu()
+            stats = EpochStats(epoch, train_loss, train_acc, loss, acc, seconds, lr, split)
         result.history.append(stats)
         result.seconds = time.perf_counter() - start
         if on_epoch is not None:

@@ -251,10 +251,15 @@ def test_a_trial_that_trained_its_whole_budget_completes_where_a_rung_falls_at_t
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 2
 
 
-def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_split(tmp_path, monkeypatch):
+@pytest.mark.parametrize("subset_epochs", [False, True])
+def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_split(
+    tmp_path, monkeypatch, subset_epochs
+):
+    """With val_subset_epochs, the end of epoch 1 (of 2) validates on the subset too."""
     monkeypatch.chdir(tmp_path)
     path = write_study(
-        tmp_path, "v", study={**SYNTHETIC, "report_at": [0.5, 1.5], "val_subset": 100},
+        tmp_path, "v", study={**SYNTHETIC, "report_at": [0.5, 1.5], "val_subset": 100,
+                              "val_subset_epochs": subset_epochs},
         sampler={"name": "random", "seed": 0}, pruner={"name": "none"}, fixed=FAST_FIXED, space=C1_LR,
     )
     spec = load_spec(str(path))
@@ -271,11 +276,15 @@ def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_
         cfg, precision = TrialConfig.from_dict(t.user_attrs["config"]), t.user_attrs["precision"]
         seen = []
         alone = train(cfg, data, device="cpu", precision=precision, points=(0.5, 1.5), point_split=subset,
-                      on_point=seen.append)
+                      on_point=seen.append, subset_epochs=subset_epochs)
         assert {p.images: p.acc for p in seen} == {800: values[800], 2400: values[2400]}  # the subset's 100 images
-        assert all(abs(values[s] * 100 - round(values[s] * 100)) < 1e-4 for s in (800, 2400))
+        on_subset = (800, 2400, 1600) if subset_epochs else (800, 2400)
+        assert all(abs(values[s] * 100 - round(values[s] * 100)) < 1e-4 for s in on_subset)
         assert t.value == values[3200] == alone.history[-1].eval_acc  # the whole split, after the full budget
-        assert values[1600] == alone.history[0].eval_acc  # epoch ends: the whole split too
+        assert alone.history[-1].split == "val" and len(data.val) != 100
+        assert values[1600] == alone.history[0].eval_acc  # the end of epoch 1: the subset or the whole split
+        assert alone.history[0].split == ("val_subset" if subset_epochs else "val")
+        assert ("val_subset_acc" in t.user_attrs["history"][0]) == subset_epochs
 
 
 # --- warm start, named metrics, what the CLI shows ---------------------------------------------------

@@ -104,6 +104,8 @@ def test_params_for_rejects_configs_outside_the_space():
         ({"study": {"epochs": 0}}, "study.epochs"),
         ({"study": {"precision": "fp16"}}, "study.precision: 'fp16' is not one of auto, fp32, bf16"),
         ({"study": {"objectives": ["loss"]}}, "study.objectives"),
+        ({"study": {"val_subset_epochs": "yes"}}, "study.val_subset_epochs: expected true or false"),
+        ({"study": {"val_subset_epochs": True}}, "needs study.val_subset > 0"),
         ({"space": {"width": {"low": 1, "high": 2}}}, "unknown key space.width"),
         ({"space": {"c1": {"low": 8, "high": 4}}}, "low 8 is above high 4"),
         ({"space": {"c1": {"low": 1.5, "high": 4}}}, "integer field"),
