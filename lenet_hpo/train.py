@@ -394,13 +394,14 @@ def train(
             result.outcome = "diverged"
             result.history.append(EpochStats(epoch, math.nan, math.nan, math.nan, math.nan, seconds, lr, split))
             break
-        if subset_epochs and point_split is not None and epoch < cfg.epochs:
-            loss, acc, _ = evaluate_tensors(run.model, *run.point_set, run.criterion, precision=prec)
-            stats = EpochStats(epoch, train_loss, train_acc, loss, acc, seconds, lr, f"{split}_subset")
-        else:
-            loss, acc, result.predicted = evaluate_tensors(run.model, *run.held_out, run.criterion, precision=prec)
-            result.predicted = result.predicted.cpu()
-            stats = EpochStats(epoch, train_loss, train_acc, loss, acc, seconds, lr, split)
+        on_subset = subset_epochs and point_split is not None and epoch < cfg.epochs
+        loss, acc, predicted = evaluate_tensors(
+            run.model, *(run.point_set if on_subset else run.held_out), run.criterion, precision=prec
+        )
+        if not on_subset:  # predictions are kept for the whole evaluation split only
+            result.predicted = predicted.cpu()
+        where = f"{split}_subset" if on_subset else split
+        stats = EpochStats(epoch, train_loss, train_acc, loss, acc, seconds, lr, where)
         result.history.append(stats)
         result.seconds = time.perf_counter() - start
         if on_epoch is not None:
