@@ -11,6 +11,8 @@ as medians: wall time, epochs trained (a sum of fractions: a trial stopped after
 of 50,000 images counts 0.125), complete / pruned / failed trials and the best
 validation accuracy; then each study's median wall time and epochs against the first's.
 --precision runs the studies in another precision than their files' (auto, fp32, bf16).
+The worker layout `search` measures on a machine's first search is measured before the
+first run, so that no run's wall time includes it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import torch
 
 from lenet_hpo.config import PRECISIONS
 from lenet_hpo.layout import cpu_model
-from lenet_hpo.search import run_search
+from lenet_hpo.search import default_layout, run_search
 from lenet_hpo.space import StudySpec, load_spec
-from lenet_hpo.train import native_bf16
+from lenet_hpo.train import native_bf16, resolve_device
 
 DEFAULT_STUDIES = ["studies/mnist.toml", "benchmarks/studies/mnist-epoch-rungs.toml"]
 
@@ -73,6 +75,10 @@ def main() -> None:
         specs = [load_spec(s) for s in args.studies]
         if args.precision is not None:
             specs = [with_precision(spec, args.precision, Path(tmp)) for spec in specs]
+        # On a machine that has not searched before, `search` first measures its worker layout
+        # (about 12 s on 2 cores, then cached): do it here, so no run pays for it.
+        workers, threads = default_layout(resolve_device(args.device), args.workers, args.threads)
+        print(f"layout: {workers} worker(s) x {threads} thread(s), measured before the timed runs", flush=True)
         rows: dict[str, list[dict[str, float]]] = {spec.name: [] for spec in specs}
         for k in range(args.repeats):
             for spec in specs:
