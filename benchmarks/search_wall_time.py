@@ -82,7 +82,7 @@ def main() -> None:
         # On a machine that has not searched before, `search` first measures its worker layout
         # (about 12 s on 2 cores, then cached): do it here, so no run pays for it.
         workers, threads = default_layout(resolve_device(args.device), args.workers, args.threads)
-        print(f"layout: {workers} worker(s) x {threads} thread(s), measured before the timed runs", flush=True)
+        print(f"layout: {workers} worker(s) x {threads} thread(s), settled before the timed runs", flush=True)
         rows: dict[str, list[dict[str, float]]] = {spec.name: [] for spec in specs}
         for k in range(args.repeats):
             for spec in specs:
