@@ -1,0 +1,47 @@
+"""The search benchmark end to end on synthetic studies: what it prints is what the studies hold."""
+
+import re
+import sys
+
+import optuna
+import pytest
+from studyfiles import C1_LR, FAST_FIXED, SYNTHETIC, write_study
+
+from benchmarks import search_wall_time as B
+
+RUN = re.compile(
+    r"^(\w+) run (\d): \d+ s, ([\d.]+) epochs, (\d+)/(\d+)/(\d+) complete/pruned/failed,"
+    r" best ([\d.]+|nan) \(trial (\d+|None)\)"
+)
+
+
+def test_side_by_side_reports_each_run_and_the_ratio(tmp_path, monkeypatch, capsys):
+    a = write_study(tmp_path, "a", study=SYNTHETIC, fixed=FAST_FIXED, space=C1_LR)
+    # b stops every trial after its first epoch: half the epochs of a, and no best trial
+    b = write_study(tmp_path, "b", study=SYNTHETIC, fixed=FAST_FIXED, space=C1_LR,
+                    pruner={"name": "threshold", "lower": 0.999, "n_warmup_steps": 1})
+    keep = tmp_path / "dbs"
+    argv = ["search_wall_time.py", str(a), str(b), "--trials", "2", "--repeats", "2", "--workers", "1",
+            "--threads", "1", "--device", "cpu", "--precision", "fp32", "--sampler-seed", "3", "--keep", str(keep)]
+    monkeypatch.setattr(sys, "argv", argv)
+    B.main()
+    out = capsys.readouterr().out
+    runs = [RUN.match(line) for line in out.splitlines() if RUN.match(line)]
+    assert [(m[1], m[2]) for m in runs] == [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2")]  # in turns
+    for m in runs:
+        url = f"sqlite:///{keep / f'{m[1]}-{int(m[2]) - 1}.db'}"
+        study = optuna.load_study(study_name=m[1], storage=url)
+        trials = study.get_trials(deepcopy=False)
+        assert float(m[3]) == pytest.approx(sum(t.user_attrs["epochs_trained"] for t in trials), abs=0.005)
+        states = [t.state for t in trials]
+        assert (int(m[4]), int(m[5]), int(m[6])) == (
+            states.count(optuna.trial.TrialState.COMPLETE), states.count(optuna.trial.TrialState.PRUNED), 0)
+        if m[1] == "a":
+            assert float(m[7]) == pytest.approx(study.best_value, abs=5e-5) and int(m[8]) == study.best_trial.number
+        else:
+            assert (m[7], m[8]) == ("nan", "None")
+        assert {t.user_attrs["precision"] for t in trials} == {"fp32"}
+    epochs = {m[1]: float(m[3]) for m in runs}
+    assert epochs == {"a": 4.0, "b": 2.0}  # 2 trials x 2 epochs, and x 1
+    assert "| a |" in out and "| b |" in out
+    assert re.search(r"^a / b: wall time [\d.]+x, epochs 2\.00x$", out, re.MULTILINE)
