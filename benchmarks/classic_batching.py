@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from lenet_hpo.config import CLASSIC, TrialConfig
+from lenet_hpo.classic import CLASSIC
+from lenet_hpo.config import TrialConfig
 from lenet_hpo.data import Dataset, input_affine, load_data
 from lenet_hpo.model import build_model
 from lenet_hpo.train import loss_logits, make_optimizer, train

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from lenet_hpo.config import TrialConfig
-from lenet_hpo.search import load_spec_data
 from lenet_hpo.space import load_spec
 from lenet_hpo.train import train
 
@@ -34,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(1)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     spec = load_spec("mnist")
-    data = load_spec_data(spec)
+    data = spec.load_data()
     largest = {"c1": 16, "c3": 48, "f5": 256, "f6": 192, "batch_norm": True, "dropout": 0.2, "augment": 2}
     big = TrialConfig(**largest, activation="relu", pooling="max", optimizer="adam", lr=2e-3, batch_size=64, epochs=1)
     result = train(big, data, device="cpu", precision=spec.precision)

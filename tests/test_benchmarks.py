@@ -1,7 +1,9 @@
 """The search benchmark end to end on synthetic studies: what it prints is what the studies hold."""
 
+import importlib
 import re
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,6 +15,11 @@ RUN = re.compile(
     r"^(\w+) run (\d): \d+ s, ([\d.]+) epochs, (\d+)/(\d+)/(\d+) complete/pruned/failed,"
     r" best ([\d.]+|nan) \(trial (\d+|None)\)"
 )
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
+def test_every_benchmark_imports_against_the_current_package(name):
+    importlib.import_module(f"benchmarks.{name}")  # a renamed or moved name fails here, not in a user's run
 
 
 def test_side_by_side_reports_each_run_and_the_ratio(tmp_path, monkeypatch, capsys):
