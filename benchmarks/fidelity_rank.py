@@ -1,13 +1,13 @@
 """How well does a short look predict a trial's final validation accuracy?
 
-    python benchmarks/fidelity_rank.py [--study mnist] [--configs 32] [--epochs E] [--subset 2000]
+    python benchmarks/fidelity_rank.py [--study mnist] [--configs 32] [--epochs E] [--subset N]
                                        [--processes 2] [--out results.json] [--table results.json]
 
 Samples --configs configs from the study's space (Optuna's RandomSampler, seeded, so
 every run sees the same configs), trains each for the full budget (--epochs, default the
 study's) with its schedule defined over that budget, and records validation accuracy at
-1/8, 1/4 and 1/2 of the first epoch (on the study's fixed stratified validation subset of
---subset images; 0 for the full split) and at every epoch end (full split).  It prints,
+1/8, 1/4 and 1/2 of the first epoch (on the study's fixed stratified validation subset,
+of --subset images if given; 0 for the full split) and at every epoch end (full split).  It prints,
 for each point, the Spearman rank correlation between the accuracy there and the final
 accuracy, with a 95% bootstrap interval over configs (scipy.stats.bootstrap, paired),
 for all configs and for the better half (final accuracy at or above the median: the
@@ -57,7 +57,7 @@ def run_one(job: tuple[str, dict[str, Any], int, int]) -> dict[str, Any]:
     study, cfg_dict, epochs, subset = job
     torch.set_num_threads(1)
     spec = load_spec(study)
-    data = spec_data(spec)
+    data = spec.load_data()
     cfg = TrialConfig.from_dict(cfg_dict).replace(epochs=epochs)
     split = data.val_subset(subset, spec.split_seed) if subset else None
     points: dict[str, float] = {}
@@ -74,12 +74,6 @@ def run_one(job: tuple[str, dict[str, Any], int, int]) -> dict[str, Any]:
     for e in result.history:
         points[str(float(e.epoch))] = e.eval_acc
     return {"config": cfg_dict, "acc": points, "seconds": time.perf_counter() - start, "outcome": result.outcome}
-
-
-def spec_data(spec: Any) -> Any:
-    from lenet_hpo.search import load_spec_data
-
-    return load_spec_data(spec)
 
 
 def spearman_ci(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -121,7 +115,8 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0, help="seed of the config sampler")
     ap.add_argument("--epochs", type=int, default=None, help="full budget (default: the study's epochs)")
-    ap.add_argument("--subset", type=int, default=2000, help="validation images for the sub-epoch points (0: all)")
+    ap.add_argument("--subset", type=int, default=None,
+                    help="validation images for the sub-epoch points (0: all; default: the study's val_subset)")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write every measurement to this JSON file")
     ap.add_argument("--table", type=Path, default=None, help="print the table of an earlier --out file and exit")
@@ -132,9 +127,11 @@ def main() -> None:
         return
     from lenet_hpo.space import load_spec
 
-    epochs = args.epochs or load_spec(args.study).epochs
+    spec = load_spec(args.study)
+    epochs = args.epochs or spec.epochs
+    subset = spec.val_subset if args.subset is None else args.subset
     configs = sample_configs(args.study, args.configs, args.seed)
-    jobs = [(args.study, c, epochs, args.subset) for c in configs]
+    jobs = [(args.study, c, epochs, subset) for c in configs]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         results = []
@@ -148,7 +145,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     if args.out is not None:
         args.out.write_text(
-            json.dumps({"epochs": epochs, "subset": args.subset, "wall_s": wall, "results": results}, indent=1)
+            json.dumps({"epochs": epochs, "subset": subset, "wall_s": wall, "results": results}, indent=1)
         )
     print(f"wall time {wall:.0f} s, {args.processes} processes x 1 thread, fp32")
     print(table(results, epochs))
