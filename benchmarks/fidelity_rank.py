@@ -7,9 +7,9 @@ Samples --configs configs from the study's space (Optuna's RandomSampler, seeded
 every run sees the same configs), trains each for the full budget (--epochs, default the
 study's) with its schedule defined over that budget, and records validation accuracy at
 1/8, 1/4 and 1/2 of the first epoch (on the study's fixed stratified validation subset,
-of --subset images if given; 0 for the full split) and at every epoch end (full split).  It prints,
-for each point, the Spearman rank correlation between the accuracy there and the final
-accuracy, with a 95% bootstrap interval over configs (scipy.stats.bootstrap, paired),
+of --subset images if given; 0 for the full split) and at every epoch end (full split).
+It prints, for each point, the Spearman rank correlation between the accuracy there and
+the final accuracy, with a 95% bootstrap interval over configs (scipy.stats.bootstrap, paired),
 for all configs and for the better half (final accuracy at or above the median: the
 ones a search has to tell apart once it has found the good region), and the share of
 the final top 5 that are in the top third at the point.

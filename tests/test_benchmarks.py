@@ -33,7 +33,7 @@ def test_side_by_side_reports_each_run_and_the_ratio(tmp_path, monkeypatch, caps
     monkeypatch.setattr(sys, "argv", argv)
     B.main()
     out = capsys.readouterr().out
-    runs = [RUN.match(line) for line in out.splitlines() if RUN.match(line)]
+    runs = [m for line in out.splitlines() if (m := RUN.match(line))]
     assert [(m[1], m[2]) for m in runs] == [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2")]  # in turns
     for m in runs:
         url = f"sqlite:///{keep / f'{m[1]}-{int(m[2]) - 1}.db'}"
