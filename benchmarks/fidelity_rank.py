@@ -25,20 +25,22 @@ import json
 import multiprocessing
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import torch
 from scipy import stats
 
+if TYPE_CHECKING:
+    from lenet_hpo.space import StudySpec
+
 POINTS = (0.125, 0.25, 0.5)
 
 
-def sample_configs(study: str, n: int, seed: int) -> list[dict[str, Any]]:
-    from lenet_hpo.space import load_spec, suggest_config
+def sample_configs(spec: StudySpec, n: int, seed: int) -> list[dict[str, Any]]:
+    from lenet_hpo.space import suggest_config
 
-    spec = load_spec(study)
     sampler = optuna.samplers.RandomSampler(seed=seed)
     trials = optuna.create_study(sampler=sampler, direction="maximize")
     out = []
@@ -130,7 +132,7 @@ def main() -> None:
     spec = load_spec(args.study)
     epochs = args.epochs or spec.epochs
     subset = spec.val_subset if args.subset is None else args.subset
-    configs = sample_configs(args.study, args.configs, args.seed)
+    configs = sample_configs(spec, args.configs, args.seed)
     jobs = [(args.study, c, epochs, subset) for c in configs]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:

@@ -28,8 +28,8 @@ A study file:
                              # (min_resource, max_resource, n_warmup_steps, interval_steps; fractions allowed)
     name = "median"
 
-    [fixed]                  # TrialConfig fields every trial shares
-    schedule = "cosine"
+    [fixed]                  # TrialConfig fields every trial shares; for a field searched with
+    schedule = "cosine"      # `when`, the value of the trials where `when` does not hold
 
     [space]                  # TrialConfig fields to search, in suggestion order
     c1 = { low = 4, high = 16 }                        # int or float by the field's type
@@ -297,10 +297,10 @@ def params_for(cfg: TrialConfig, spec: StudySpec) -> dict[str, Any] | None:
     """The params that make `suggest_config` return `cfg` (epochs and seed aside), or
     None when `cfg` lies outside the space."""
     base = spec.base_config()
-    for name, value in spec.fixed.items():
-        if getattr(cfg, name) != value:
-            return None
     searched = {p.name for p in spec.params}
+    for name, value in spec.fixed.items():
+        if name not in searched and getattr(cfg, name) != value:
+            return None
     for f in fields(TrialConfig):
         if (
             f.name not in searched
@@ -474,6 +474,11 @@ def _check_space(spec: StudySpec) -> None:
     for p in spec.params:
         for k in p.when:
             _require(k in seen, f"space.{p.name}.when: {k!r} must be a field searched before {p.name}")
+        _require(
+            p.name not in spec.fixed or bool(p.when),
+            f"fixed.{p.name}: {p.name} is also searched in every trial; remove it from [fixed] or from"
+            f" [space] (a fixed value of a searched field is for trials where its `when` does not hold)",
+        )
         seen.add(p.name)
     try:
         spec.base_config()

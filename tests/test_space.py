@@ -96,6 +96,31 @@ def test_params_for_rejects_configs_outside_the_space():
     assert params_for(BASELINE, spec(fixed={"schedule": "cosine"})) is None
 
 
+
+def test_a_fixed_value_of_a_conditional_field_holds_where_its_condition_does_not():
+    # Schedules searched for SGD only: Adam trials take the fixed cosine, and the
+    # baseline (SGD, constant rate) still lies in the space.
+    s = spec(fixed={"schedule": "cosine"},
+             space={"schedule": {"choices": ["constant", "cosine"], "when": {"optimizer": "sgd"}}})
+    params = params_for(BASELINE, s)
+    assert params is not None and params["schedule"] == "constant"
+    assert config_from_params(params, s) == BASELINE.replace(epochs=s.epochs)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    schedules = {"sgd": set(), "adam": set()}
+    for _ in range(40):
+        trial = study.ask()
+        cfg = suggest_config(trial, s)
+        schedules[cfg.optimizer].add(cfg.schedule)
+        assert ("schedule" in trial.params) == (cfg.optimizer == "sgd")
+        study.tell(trial, 0.5)
+    assert schedules == {"sgd": {"constant", "cosine"}, "adam": {"cosine"}}
+    assert params_for(BASELINE.replace(optimizer="adam"), s) is None  # Adam with a constant rate
+
+
+def test_a_field_both_fixed_and_always_searched_is_refused():
+    with pytest.raises(StudyError, match="fixed.activation: activation is also searched in every trial"):
+        spec(fixed={"activation": "relu"})
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
