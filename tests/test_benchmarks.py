@@ -10,6 +10,8 @@ import pytest
 from studyfiles import C1_LR, FAST_FIXED, SYNTHETIC, write_study
 
 from benchmarks import search_wall_time as B
+from lenet_hpo.config import BASELINE
+from lenet_hpo.space import load_spec, params_for
 
 RUN = re.compile(
     r"^(\w+) run (\d): \d+ s, ([\d.]+) epochs, (\d+)/(\d+)/(\d+) complete/pruned/failed,"
@@ -20,6 +22,13 @@ RUN = re.compile(
 @pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
 def test_every_benchmark_imports_against_the_current_package(name):
     importlib.import_module(f"benchmarks.{name}")  # a renamed or moved name fails here, not in a user's run
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks" / "studies").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_benchmark_study_loads_with_the_baseline_in_its_space(path):
+    # the baseline is each study's first bar: outside the space it would not be enqueued
+    assert params_for(BASELINE, load_spec(str(path))) is not None
 
 
 def test_side_by_side_reports_each_run_and_the_ratio(tmp_path, monkeypatch, capsys):
