@@ -96,7 +96,6 @@ def test_params_for_rejects_configs_outside_the_space():
     assert params_for(BASELINE, spec(fixed={"schedule": "cosine"})) is None
 
 
-
 def test_a_fixed_value_of_a_conditional_field_holds_where_its_condition_does_not():
     # Schedules searched for SGD only: Adam trials take the fixed cosine, and the
     # baseline (SGD, constant rate) still lies in the space.
@@ -120,6 +119,7 @@ def test_a_fixed_value_of_a_conditional_field_holds_where_its_condition_does_not
 def test_a_field_both_fixed_and_always_searched_is_refused():
     with pytest.raises(StudyError, match="fixed.activation: activation is also searched in every trial"):
         spec(fixed={"activation": "relu"})
+
 
 @pytest.mark.parametrize(
     ("changes", "message"),
