@@ -298,10 +298,7 @@ def params_for(cfg: TrialConfig, spec: StudySpec) -> dict[str, Any] | None:
     None when `cfg` lies outside the space."""
     base = spec.base_config()
     searched = {p.name for p in spec.params}
-    for name, value in spec.fixed.items():
-        if name not in searched and getattr(cfg, name) != value:
-            return None
-    for f in fields(TrialConfig):
+    for f in fields(TrialConfig):  # base holds [fixed]: an unsearched fixed field must match it
         if (
             f.name not in searched
             and f.name not in ("epochs", "seed")
