@@ -33,13 +33,13 @@ import torch
 from scipy import stats
 
 if TYPE_CHECKING:
-    from lenet_hpo.space import StudySpec
+    from lenet_hpo.search.space import StudySpec
 
 POINTS = (0.125, 0.25, 0.5)
 
 
 def sample_configs(spec: StudySpec, n: int, seed: int) -> list[dict[str, Any]]:
-    from lenet_hpo.space import suggest_config
+    from lenet_hpo.search.space import suggest_config
 
     sampler = optuna.samplers.RandomSampler(seed=seed)
     trials = optuna.create_study(sampler=sampler, direction="maximize")
@@ -53,7 +53,7 @@ def sample_configs(spec: StudySpec, n: int, seed: int) -> list[dict[str, Any]]:
 
 def run_one(job: tuple[str, dict[str, Any], int, int]) -> dict[str, Any]:
     from lenet_hpo.config import TrialConfig
-    from lenet_hpo.space import load_spec
+    from lenet_hpo.search.studyfile import load_spec
     from lenet_hpo.train import train
 
     study, cfg_dict, epochs, subset = job
@@ -127,7 +127,7 @@ def main() -> None:
         saved = json.loads(args.table.read_text())
         print(table(saved["results"], saved["epochs"]))
         return
-    from lenet_hpo.space import load_spec
+    from lenet_hpo.search.studyfile import load_spec
 
     spec = load_spec(args.study)
     epochs = args.epochs or spec.epochs

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lenet_hpo.config import TrialConfig
-from lenet_hpo.space import load_spec
+from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.train import train
 
 

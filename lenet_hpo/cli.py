@@ -281,8 +281,8 @@ def search_command(args: argparse.Namespace) -> int:
     (complete + pruned) across all workers and runs.
     """
     from lenet_hpo.search import WarmStart, run_search
-    from lenet_hpo.space import load_spec
-    from lenet_hpo.storage import Heartbeat, mask_url, resolve_url
+    from lenet_hpo.search.storage import Heartbeat, mask_url, resolve_url
+    from lenet_hpo.search.studyfile import load_spec
 
     spec = load_spec(args.study)
     url = resolve_url(args.storage, spec.name)
@@ -329,8 +329,8 @@ def dashboard_command(args: argparse.Namespace) -> int:
     """
     import optuna_dashboard
 
-    from lenet_hpo.space import study_name
-    from lenet_hpo.storage import mask_url, open_storage, resolve_url
+    from lenet_hpo.search.storage import mask_url, open_storage, resolve_url
+    from lenet_hpo.search.studyfile import study_name
 
     url = resolve_url(args.storage, study_name(args.study))
     storage = open_storage(url, heartbeat=None, create=False)
@@ -376,8 +376,8 @@ def retrain_best_command(args: argparse.Namespace) -> int:
     """
     from lenet_hpo.final import named_config
     from lenet_hpo.retrain import retrain_best
-    from lenet_hpo.space import study_name
-    from lenet_hpo.storage import resolve_url
+    from lenet_hpo.search.storage import resolve_url
+    from lenet_hpo.search.studyfile import study_name
 
     name = study_name(args.study)
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
@@ -425,8 +425,8 @@ def report_command(args: argparse.Namespace) -> int:
     its retrain-best results.
     """
     from lenet_hpo.report import build_report
-    from lenet_hpo.space import study_name
-    from lenet_hpo.storage import resolve_url
+    from lenet_hpo.search.storage import resolve_url
+    from lenet_hpo.search.studyfile import study_name
 
     name = study_name(args.study)
     files = build_report(name, resolve_url(args.storage, name), out_dir=args.out, data_dir=args.data_dir)
@@ -464,7 +464,7 @@ def predict_command(args: argparse.Namespace) -> int:
     centred by mass.
     """
     from lenet_hpo.predict import open_checkpoint, predict_images
-    from lenet_hpo.space import study_name
+    from lenet_hpo.search.studyfile import study_name
 
     path, ckpt = open_checkpoint(args.checkpoint, study=study_name(args.study), dataset=args.dataset)
     predictions = predict_images(ckpt, args.images, top=args.top)

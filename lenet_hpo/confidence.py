@@ -20,8 +20,8 @@ import plotly.graph_objects as go
 
 from lenet_hpo.final import correctness
 from lenet_hpo.retrain import RetrainResult
+from lenet_hpo.search.studies import StoredStudy, search_values
 from lenet_hpo.stats import BootstrapResult, Comparison, expected_best, format_p, paired_bootstrap, with_test_set
-from lenet_hpo.studies import StoredStudy, search_values
 
 Figure = tuple[str, go.Figure | None, str]  # title, figure (None: not available), note
 NOT_AVAILABLE = (

@@ -52,8 +52,8 @@ from lenet_hpo.checkpoint import Checkpoint, load_checkpoint
 from lenet_hpo.data import scale_input, to_32
 from lenet_hpo.errors import CheckpointError, ConfigError, ImageError
 from lenet_hpo.folders import flatten, to_side
-from lenet_hpo.space import load_spec, study_path
-from lenet_hpo.studies import retrain_dir
+from lenet_hpo.search.studies import retrain_dir
+from lenet_hpo.search.studyfile import load_spec, study_path
 from lenet_hpo.train import predict_logits
 
 # Extensions of the formats Pillow can open here (".png", ".jpg", ".webp", ...).

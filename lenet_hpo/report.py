@@ -32,8 +32,8 @@ from lenet_hpo.confidence import Confidence, assess
 from lenet_hpo.data import Dataset, scale_input
 from lenet_hpo.files import REPORTS_DIR, atomic_write_text
 from lenet_hpo.retrain import RetrainResult, load_result
-from lenet_hpo.space import check_name
-from lenet_hpo.studies import open_study
+from lenet_hpo.search.space import check_name
+from lenet_hpo.search.studies import open_study
 from lenet_hpo.train import predict_logits
 
 COLORS = {"best": "#1f77b4", "baseline": "#d62728", "classic": "#2ca02c"}

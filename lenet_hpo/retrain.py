@@ -41,9 +41,10 @@ from lenet_hpo.data import Dataset
 from lenet_hpo.errors import ConfigError, StudyError
 from lenet_hpo.files import atomic_write_text
 from lenet_hpo.final import FinalRun, RunCache, correctness, named_config, train_final
-from lenet_hpo.space import StudySpec, config_from_params, parse_spec
+from lenet_hpo.search.space import StudySpec, config_from_params
+from lenet_hpo.search.studies import best_trials, open_study, retrain_dir
+from lenet_hpo.search.studyfile import parse_spec
 from lenet_hpo.stats import Comparison, compare, paired_bootstrap, summarize, with_test_set
-from lenet_hpo.studies import best_trials, open_study, retrain_dir
 from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
 RESCORE_SEED_BASE = 1000  # --top-k re-scoring seeds: disjoint from the retraining seeds 0..n-1

@@ -77,7 +77,7 @@ def postgres_server() -> str:
         with psycopg.connect(_admin_conninfo(url), connect_timeout=3):
             pass
     except Exception as exc:  # noqa: BLE001 - any failure means: no usable server
-        from lenet_hpo.storage import mask_url
+        from lenet_hpo.search.storage import mask_url
 
         msg = f"no PostgreSQL server at {mask_url(url)} ({type(exc).__name__}: {exc}); set {POSTGRES_ENV} or start one"
         if os.environ.get("CI"):
@@ -112,7 +112,7 @@ def searched(tmp_path_factory):
     from studyfiles import SYNTHETIC, write_study
 
     from lenet_hpo.search import run_search
-    from lenet_hpo.space import load_spec
+    from lenet_hpo.search.studyfile import load_spec
 
     root = tmp_path_factory.mktemp("study")
     path = write_study(

@@ -23,8 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 from studyfiles import C1_LR, write_study
 
 from lenet_hpo.config import TrialConfig
-from lenet_hpo.space import config_from_params, load_spec
-from lenet_hpo.storage import open_storage
+from lenet_hpo.search.space import config_from_params
+from lenet_hpo.search.studyfile import load_spec
+from lenet_hpo.search.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES_ENV = "LENET_HPO_RELIABILITY_LOG"

@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 
 from lenet_hpo.cli import main
 from lenet_hpo.errors import StudyError
-from lenet_hpo.space import check_name
-from lenet_hpo.storage import mask_url
-from lenet_hpo.studies import best_trials, open_study
+from lenet_hpo.search.space import check_name
+from lenet_hpo.search.storage import mask_url
+from lenet_hpo.search.studies import best_trials, open_study
 
 PASSWORD = "s3cret-pw"
 

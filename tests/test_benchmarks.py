@@ -11,7 +11,8 @@ from studyfiles import C1_LR, FAST_FIXED, SYNTHETIC, write_study
 
 from benchmarks import search_wall_time as B
 from lenet_hpo.config import BASELINE
-from lenet_hpo.space import load_spec, params_for
+from lenet_hpo.search.space import params_for
+from lenet_hpo.search.studyfile import load_spec
 
 RUN = re.compile(
     r"^(\w+) run (\d): \d+ s, ([\d.]+) epochs, (\d+)/(\d+)/(\d+) complete/pruned/failed,"

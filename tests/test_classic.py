@@ -28,7 +28,8 @@ from lenet_hpo.data import load_data, scale_input
 from lenet_hpo.final import NAMED_CONFIGS, named_config
 from lenet_hpo.model import build_model, count_connections, count_macs, count_params
 from lenet_hpo.sdlm import SDLM
-from lenet_hpo.space import config_from_params, load_spec, params_for
+from lenet_hpo.search.space import config_from_params, params_for
+from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.train import loss_logits, make_loss, make_optimizer, make_schedule, train
 
 # Table I of the paper: rows are S2 maps, columns C3 maps; X marks a connection.

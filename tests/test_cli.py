@@ -112,7 +112,7 @@ def test_dashboard_warns_when_bound_beyond_loopback(tmp_path, capsys):
 def test_the_dashboard_shows_the_metric_name(tmp_path, chromium):
     """A study page in headless Chromium says val_accuracy, not "Objective 0"."""
     from lenet_hpo.search import run_search
-    from lenet_hpo.space import load_spec
+    from lenet_hpo.search.studyfile import load_spec
 
     study = write_fleet_study(tmp_path, "t")
     url = f"sqlite:///{tmp_path / 't.db'}"

@@ -2,8 +2,8 @@ import json
 
 import torch
 
-from lenet_hpo import layout
-from lenet_hpo.search import default_layout
+from lenet_hpo.search import layout
+from lenet_hpo.search.layout import default_layout
 
 
 def test_candidates_split_the_cores():

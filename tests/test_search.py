@@ -13,8 +13,8 @@ from lenet_hpo.config import TrialConfig
 from lenet_hpo.data import split_digest
 from lenet_hpo.errors import StudyError
 from lenet_hpo.search import WarmStart, run_search
-from lenet_hpo.space import load_spec
-from lenet_hpo.studies import study_record
+from lenet_hpo.search.studyfile import load_spec
+from lenet_hpo.search.studies import study_record
 from lenet_hpo.train import resolve_precision, train
 
 

@@ -6,16 +6,8 @@ import pytest
 from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import BASELINE, TrialConfig
 from lenet_hpo.errors import StudyError
-from lenet_hpo.space import (
-    available_studies,
-    check_name,
-    config_from_params,
-    load_spec,
-    params_for,
-    parse_spec,
-    study_path,
-    suggest_config,
-)
+from lenet_hpo.search.space import check_name, config_from_params, params_for, suggest_config
+from lenet_hpo.search.studyfile import available_studies, load_spec, parse_spec, study_path
 
 SPACE = {
     "study": {"dataset": "synthetic", "val_size": 400, "epochs": 2},

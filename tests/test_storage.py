@@ -34,8 +34,9 @@ from fleet import (
 from optuna.trial import TrialState
 
 from lenet_hpo.search import run_search
-from lenet_hpo.space import config_from_params, load_spec
-from lenet_hpo.storage import Heartbeat
+from lenet_hpo.search.space import config_from_params
+from lenet_hpo.search.studyfile import load_spec
+from lenet_hpo.search.storage import Heartbeat
 from lenet_hpo.train import train
 
 postgres = pytest.mark.postgres

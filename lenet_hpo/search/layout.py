@@ -115,3 +115,17 @@ def best_cpu_layout(
     except OSError:
         pass  # a read-only home: measure again next time
     return w, t
+
+
+def default_layout(
+    device: torch.device, workers: int | None, threads: int | None = None, *, cores: int | None = None
+) -> tuple[int, int]:
+    """(workers, threads per worker).  An explicit count wins.  On a CPU the split of
+    the cores that trained fastest when measured on this machine (`layout.py`, cached);
+    on a GPU several workers share it (one per two cores, at most 4) so its kernels overlap."""
+    cores = cores or os.cpu_count() or 1
+    if workers is None and threads is None and device.type == "cpu":
+        return best_cpu_layout(cores=cores)
+    if workers is None:
+        workers = min(4, max(1, cores // 2)) if device.type == "cuda" else max(1, cores // (threads or 1))
+    return workers, threads or max(1, cores // workers)

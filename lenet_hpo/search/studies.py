@@ -16,9 +16,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lenet_hpo.errors import StudyError
 from lenet_hpo.files import STUDIES_DIR
-from lenet_hpo.space import StudySpec, check_name, parse_spec
-from lenet_hpo.storage import mask_url, open_storage
+from lenet_hpo.search.space import StudySpec, check_name
+from lenet_hpo.search.storage import mask_url, open_storage
+from lenet_hpo.search.studyfile import parse_spec
 
+ROLE = "role"  # the user attribute that marks the enqueued baseline trial: the reference, never a candidate
+BASELINE_ROLE = "baseline"
 RECORD = "lenet_hpo:"  # prefix of the study system attributes that hold what lenet-hpo records
 
 
@@ -70,6 +73,11 @@ def open_study(study_name: str, url: str) -> StoredStudy:
     return StoredStudy(optuna.load_study(study_name=study_name, storage=storage), study_record(storage, study_name))
 
 
+def is_baseline(trial: optuna.Trial | FrozenTrial) -> bool:
+    """Whether `trial` is the study's enqueued baseline (`BASELINE`)."""
+    return trial.user_attrs.get(ROLE) == BASELINE_ROLE
+
+
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
     counts = dict.fromkeys(TrialState, 0)
     for t in study.get_trials(deepcopy=False):
@@ -81,7 +89,7 @@ def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
     """The k best COMPLETE trials by validation accuracy (the enqueued baseline is the reference,
     not a candidate); a clear error when there are none."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    trials = [t for t in complete if t.user_attrs.get("role") != "baseline"]
+    trials = [t for t in complete if not is_baseline(t)]
     if not trials:
         counts = count_states(study)
         raise StudyError(
@@ -108,7 +116,7 @@ def search_values(study: optuna.Study) -> tuple[list[tuple[int, float, bool]], f
     the enqueued baseline, the reference rather than a draw."""
     rows, baseline = [], None
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.user_attrs.get("role") == "baseline":
+        if is_baseline(t):
             baseline = t.values[0] if t.state == TrialState.COMPLETE else baseline
         elif t.state == TrialState.COMPLETE:
             rows.append((t.number, float(t.values[0]), False))
