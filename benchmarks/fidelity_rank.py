@@ -54,7 +54,7 @@ def sample_configs(spec: StudySpec, n: int, seed: int) -> list[dict[str, Any]]:
 def run_one(job: tuple[str, dict[str, Any], int, int]) -> dict[str, Any]:
     from lenet_hpo.config import TrialConfig
     from lenet_hpo.search.studyfile import load_spec
-    from lenet_hpo.train import train
+    from lenet_hpo.train import Probe, train
 
     study, cfg_dict, epochs, subset = job
     torch.set_num_threads(1)
@@ -69,9 +69,7 @@ def run_one(job: tuple[str, dict[str, Any], int, int]) -> dict[str, Any]:
         data,
         device="cpu",
         precision="fp32",
-        points=POINTS,
-        point_split=split,
-        on_point=lambda p: points.__setitem__(str(p.epoch), p.acc),
+        probe=Probe(POINTS, split, lambda p: points.__setitem__(str(p.epoch), p.acc)),
     )
     for e in result.history:
         points[str(float(e.epoch))] = e.eval_acc

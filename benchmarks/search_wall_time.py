@@ -28,9 +28,8 @@ import optuna
 import torch
 
 from lenet_hpo.config import PRECISIONS
-from lenet_hpo.search.layout import cpu_model
 from lenet_hpo.search import run_search
-from lenet_hpo.search.layout import default_layout
+from lenet_hpo.search.layout import cpu_model, default_layout
 from lenet_hpo.search.space import StudySpec
 from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.train import native_bf16, resolve_device

@@ -34,10 +34,12 @@ def print_json(obj: Any) -> None:
 
 
 def trial_line(t: FrozenTrial) -> str:
+    from lenet_hpo.search.studies import is_baseline  # optuna is loaded once there are trials to show
+
     hist = t.user_attrs.get("history", [])
     epochs = float(t.user_attrs.get("epochs_trained", len(hist)))
     secs = float(t.user_attrs.get("seconds_trained", sum(h["seconds"] for h in hist)))
-    role = " (baseline)" if t.user_attrs.get("role") == "baseline" else ""
+    role = " (baseline)" if is_baseline(t) else ""
     if t.state.name == "COMPLETE":
         what = f"val_acc {t.values[0]:.4f}"
         if len(t.values) > 1:
@@ -92,7 +94,7 @@ class SearchLog:
             value = t.values[0] if t.values else last
             self._json(event.kind, trial=t.number, value=value, epochs=t.user_attrs.get("epochs_trained"),
                        seconds=t.user_attrs.get("seconds_trained"), params=t.params, retry_of=retry_of,
-                       role=t.user_attrs.get("role"), warm_start=t.user_attrs.get("warm_start"))
+                       role="baseline" if event.baseline else None, warm_start=t.user_attrs.get("warm_start"))
         elif event.kind == "retried":
             self._emit(f"trial {t.number:3d} RETRY    the params of failed trial {retry_of}")
         else:

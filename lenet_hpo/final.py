@@ -160,13 +160,13 @@ def train_final(
         done = _stored_run(path, cfg, dataset, prec)
         if done is not None:
             return replace(done, role=role, source="cached")
-    result = train.train(cfg, dataset, device=dev, on_epoch=on_epoch, final=True, precision=prec)
+    result = train.train(cfg, dataset, device=dev, on_epoch=on_epoch, held_out="test", precision=prec)
     history = [e.to_dict() for e in result.history]
-    completed = result.outcome == "completed" and result.final is not None
+    completed = result.outcome == "completed" and result.last is not None
     run = FinalRun(
         role=role,
         seed=cfg.seed,
-        test_accuracy=result.final.eval_acc if completed and result.final else math.nan,
+        test_accuracy=result.last.eval_acc if completed and result.last else math.nan,
         test_loss=result.history[-1].eval_loss,
         epochs=len(history),
         seconds=result.seconds,

@@ -34,7 +34,7 @@ from lenet_hpo.files import REPORTS_DIR, atomic_write_text
 from lenet_hpo.retrain import RetrainResult, load_result
 from lenet_hpo.search.space import check_name
 from lenet_hpo.search.studies import open_study
-from lenet_hpo.train import predict_logits
+from lenet_hpo.train import EpochStats, predict_logits
 
 COLORS = {"best": "#1f77b4", "baseline": "#d62728", "classic": "#2ca02c"}
 GALLERY = 32
@@ -164,9 +164,9 @@ def accuracy_figure(result: RetrainResult) -> Figure:
     return "Test accuracy", fig, "Each dot is one seed; diamonds are means with 95% t-intervals."
 
 
-def _eval_acc(epoch: dict[str, float]) -> float:
-    """An epoch's test accuracy (checkpoints from before the key said its split call it val_acc)."""
-    return epoch["test_acc"] if "test_acc" in epoch else epoch["val_acc"]
+def _eval_acc(epoch: dict[str, Any]) -> float:
+    """An epoch's test accuracy, from a checkpoint's history."""
+    return EpochStats.from_dict(epoch).eval_acc
 
 
 def learning_curves_figure(histories: dict[str, list[list[dict[str, float]]]]) -> Figure:

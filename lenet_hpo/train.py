@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ from lenet_hpo.sdlm import SDLM
 # smaller ones keep a layer's activations in cache (benchmarks/eval_batch.py).
 EVAL_BATCH = {"cpu": 256}
 EVAL_BATCH_DEFAULT = 1024
+HELD_OUT = ("val", "test")  # what a run holds out and evaluates: the search's split, or the test split
 NAN_CHECK_EVERY = 50  # steps between divergence checks (a check is a host sync on GPUs)
 
 
@@ -54,17 +56,17 @@ class EpochStats:
     lr: float  # learning rate at the end of the epoch
     split: str = "val"  # what was evaluated: "val" in a search ("val_subset": its fixed subset), "test" in a final run
 
-    def to_dict(self) -> dict[str, float]:
-        """Plain values; the evaluation keys say their split (val_acc, test_acc)."""
-        return {
-            "epoch": self.epoch,
-            "train_loss": self.train_loss,
-            "train_acc": self.train_acc,
-            f"{self.split}_loss": self.eval_loss,
-            f"{self.split}_acc": self.eval_acc,
-            "seconds": self.seconds,
-            "lr": self.lr,
-        }
+    def to_dict(self) -> dict[str, float | str]:
+        """Plain values under fixed keys; `split` says what eval_loss and eval_acc were measured on."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochStats:
+        """From `to_dict`, or from a history kept before the keys were fixed (val_acc, test_acc, ...)."""
+        if "eval_acc" not in d:
+            split = next(k[: -len("_acc")] for k in d if k.endswith("_acc") and k != "train_acc")
+            d = {**d, "split": split, "eval_acc": d[f"{split}_acc"], "eval_loss": d[f"{split}_loss"]}
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,21 @@ class PointStats:
     seconds: float  # training wall time since the run started, evaluation excluded
 
 
+OnPoint = Callable[[PointStats], None]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Reports inside epochs (sub-epoch fidelity): at the positions `at` (in epochs, e.g. 0.125)
+    evaluate `split` (None: the evaluation split) and call `on_report`; with `epoch_ends`, the
+    epoch ends before the last evaluate `split` too (their stats say split "val_subset")."""
+
+    at: tuple[float, ...] = ()
+    split: Split | None = None
+    on_report: OnPoint | None = None
+    epoch_ends: bool = False
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -89,12 +106,12 @@ class TrainResult:
     predicted: torch.Tensor | None = None  # the last evaluation's predicted class per image (CPU)
 
     @property
-    def final(self) -> EpochStats | None:
+    def last(self) -> EpochStats | None:
+        """The last epoch's stats (None: no epoch ran)."""
         return self.history[-1] if self.history else None
 
 
 OnEpoch = Callable[[EpochStats], None]
-OnPoint = Callable[[PointStats], None]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -277,25 +294,22 @@ class _Run:
     fit: Split  # uint8, scaled per batch by (x - shift) * scale
     shift: torch.Tensor
     scale: torch.Tensor
-    held_out: tuple[torch.Tensor, torch.Tensor]  # scaled evaluation inputs and labels
+    evaluated: tuple[torch.Tensor, torch.Tensor]  # scaled evaluation inputs and labels
     point_set: tuple[torch.Tensor, torch.Tensor]  # what sub-epoch points evaluate
     points: dict[tuple[int, int], float]  # (epoch, step after which to evaluate) -> position in epochs
 
 
-def _setup(
-    cfg: TrialConfig, data: Dataset, dev: torch.device, precision: str, final: bool, points: Sequence[float],
-    point_split: Split | None,
-) -> _Run:
+def _setup(cfg: TrialConfig, data: Dataset, dev: torch.device, precision: str, held_out: str, probe: Probe) -> _Run:
     # The fit split stays uint8 on the device (a quarter of float32's memory) and each
     # batch is scaled by the config's `input_norm` as it is sliced; the held-out split once.
-    fit = (data.full_train() if final else data.train).to(dev)
+    fit = (data.full_train() if held_out == "test" else data.train).to(dev)
     model = build_model(cfg, in_channels=data.channels, num_classes=data.num_classes).to(dev)
     # NHWC activations: faster convolutions on the CPU (oneDNN), fine on CUDA.
     model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, list(model.parameters()))
     n = len(fit)
     planned = {}
-    for p in points:
+    for p in probe.at:
         whole = math.floor(p)
         if 0 < p < cfg.epochs and p != whole:
             planned[(whole + 1, math.ceil((p - whole) * n / cfg.batch_size) - 1)] = float(p)
@@ -304,10 +318,11 @@ def _setup(
     def scaled(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         return scale_input(split.x.to(dev), cfg.input_norm, data.mean, data.std), split.y.to(dev)
 
-    held_out = scaled(data.test if final else data.val)
-    point_set = scaled(point_split) if point_split is not None else held_out
+    evaluated = scaled(data.test if held_out == "test" else data.val)
+    point_set = scaled(probe.split) if probe.split is not None else evaluated
     sched = make_schedule(cfg, opt, math.ceil(n / cfg.batch_size) * cfg.epochs)
-    return _Run(cfg, dev, precision, model, opt, sched, make_loss(cfg), fit, shift, scale, held_out, point_set, planned)
+    loss = make_loss(cfg)
+    return _Run(cfg, dev, precision, model, opt, sched, loss, fit, shift, scale, evaluated, point_set, planned)
 
 
 def _train_epoch(
@@ -360,43 +375,40 @@ def train(
     *,
     device: str | torch.device | None = None,
     on_epoch: OnEpoch | None = None,
-    final: bool = False,
+    held_out: str = "val",
     precision: str = "fp32",
-    points: Sequence[float] = (),
-    point_split: Split | None = None,
-    on_point: OnPoint | None = None,
-    subset_epochs: bool = False,
+    probe: Probe = Probe(),
 ) -> TrainResult:
     """Train `cfg` on `data` and return the model and its per-epoch history.
 
-    final=False (search): fit on `data.train`, evaluate each epoch on `data.val`.
-    final=True (retrain-best, baseline): fit on train + val, evaluate on `data.test`.
+    held_out="val" (search): fit on `data.train`, evaluate each epoch on `data.val`.
+    held_out="test" (retrain-best, baseline): fit on train + val, evaluate on `data.test`.
     precision: "fp32", "bf16" or "auto" (see the module docstring and `resolve_precision`).
-    points: positions in epochs inside epochs (e.g. 0.25) at which to evaluate
-    `point_split` (default: the evaluation split) and call `on_point`.
-    subset_epochs: epoch ends before the last evaluate `point_split` too (their stats say
-    split "val_subset"); the last epoch always evaluates the whole evaluation split.
+    probe: reports inside epochs (`Probe`); the last epoch always evaluates the whole
+    evaluation split.
     """
+    if held_out not in HELD_OUT:
+        raise ValueError(f"held_out: {held_out!r} is not one of {', '.join(HELD_OUT)}")
     start = time.perf_counter()
     dev = resolve_device(device)
     prec = resolve_precision(precision, cfg, dev)
-    run = _setup(cfg, data, dev, prec, final, points, point_split)
+    run = _setup(cfg, data, dev, prec, held_out, probe)
     result = TrainResult(model=run.model, params=count_params(run.model), precision=prec)
     order = torch.Generator().manual_seed(cfg.seed)  # batch order and augmentation
     probes = torch.Generator().manual_seed(cfg.seed + 2)  # SDLM's curvature probes
     torch.manual_seed(cfg.seed + 1)  # dropout masks
-    split, trained = ("test" if final else "val"), 0.0
+    split, trained = held_out, 0.0
     for epoch in range(1, cfg.epochs + 1):
-        train_loss, train_acc, diverged, seconds = _train_epoch(run, epoch, order, probes, on_point, trained)
+        train_loss, train_acc, diverged, seconds = _train_epoch(run, epoch, order, probes, probe.on_report, trained)
         trained += seconds
         lr = run.opt.param_groups[0]["lr"]
         if diverged or not math.isfinite(train_loss):
             result.outcome = "diverged"
             result.history.append(EpochStats(epoch, math.nan, math.nan, math.nan, math.nan, seconds, lr, split))
             break
-        on_subset = subset_epochs and point_split is not None and epoch < cfg.epochs
+        on_subset = probe.epoch_ends and probe.split is not None and epoch < cfg.epochs
         loss, acc, predicted = evaluate_tensors(
-            run.model, *(run.point_set if on_subset else run.held_out), run.criterion, precision=prec
+            run.model, *(run.point_set if on_subset else run.evaluated), run.criterion, precision=prec
         )
         if not on_subset:  # predictions are kept for the whole evaluation split only
             result.predicted = predicted.cpu()

@@ -24,8 +24,8 @@ from studyfiles import C1_LR, write_study
 
 from lenet_hpo.config import TrialConfig
 from lenet_hpo.search.space import config_from_params
-from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.search.storage import open_storage
+from lenet_hpo.search.studyfile import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES_ENV = "LENET_HPO_RELIABILITY_LOG"
@@ -159,7 +159,7 @@ def assert_consistent(trials: list[FrozenTrial], study_file: Path) -> None:
     for t in trials:
         if t.state != TrialState.COMPLETE:
             continue
-        assert t.value == t.user_attrs["history"][-1]["val_acc"], t.number
+        assert t.value == t.user_attrs["history"][-1]["eval_acc"], t.number
         assert TrialConfig.from_dict(t.user_attrs["config"]) == config_from_params(t.params, spec), t.number
 
 

@@ -17,7 +17,7 @@ def test_a_final_run_keeps_checkpoint_history_and_test_predictions(synthetic, tm
     run = train_final(FAST, synthetic, tmp_path / "m.pt", role="fast", device="cpu")
     ck = load_checkpoint(run.checkpoint)
     assert run.source == "trained" and ck.config == FAST and ck.extra["run"]["test_accuracy"] == run.test_accuracy
-    assert [h["epoch"] for h in ck.extra["history"]] == [1] and "test_acc" in ck.extra["history"][0]
+    assert [h["epoch"] for h in ck.extra["history"]] == [1] and ck.extra["history"][0]["split"] == "test"
     preds = read_predictions(run.checkpoint)
     assert list(preds.columns) == ["image", "label", "predicted"] and len(preds) == len(synthetic.test)
     assert preds.label.tolist() == synthetic.test.y.tolist()

@@ -16,8 +16,8 @@ from lenet_hpo.data import load_data
 from lenet_hpo.errors import DataError, StudyError
 from lenet_hpo.folders import MIN_PER_CLASS, FolderOptions, cache_folder, load_folder
 from lenet_hpo.search import run_search
-from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.search.studies import study_record
+from lenet_hpo.search.studyfile import load_spec
 
 CLASSES = ["alpha", "beta", "gamma", "delta"]  # written unsorted: the class order is sorted()
 

@@ -13,9 +13,9 @@ from lenet_hpo.config import TrialConfig
 from lenet_hpo.data import split_digest
 from lenet_hpo.errors import StudyError
 from lenet_hpo.search import WarmStart, run_search
-from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.search.studies import study_record
-from lenet_hpo.train import resolve_precision, train
+from lenet_hpo.search.studyfile import load_spec
+from lenet_hpo.train import Probe, resolve_precision, train
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ def test_parallel_workers_give_the_same_trials_as_one_at_a_time(study_file, tmp_
         run_search(spec, url, 4, workers=workers, threads=1, device="cpu")
         trials = optuna.load_study(study_name="t", storage=url).get_trials()
         results[workers] = sorted(
-            (tuple(sorted(t.params.items())), t.value, t.user_attrs["history"][-1]["val_loss"]) for t in trials
+            (tuple(sorted(t.params.items())), t.value, t.user_attrs["history"][-1]["eval_loss"]) for t in trials
         )
     for (p1, v1, l1), (p2, v2, l2) in zip(results[1], results[2], strict=True):
         assert p1 == p2
@@ -202,7 +202,7 @@ def test_every_trial_computes_in_the_study_precision_as_train_would(precision, s
     assert t.user_attrs["precision"] == precision
     alone = train(TrialConfig.from_dict(t.user_attrs["config"]), spec.load_data(), device="cpu", precision=precision)
     assert t.value == alone.history[-1].eval_acc
-    assert t.user_attrs["history"][-1]["val_loss"] == alone.history[-1].eval_loss
+    assert t.user_attrs["history"][-1]["eval_loss"] == alone.history[-1].eval_loss
 
 
 # --- sub-epoch fidelity ------------------------------------------------------------------------
@@ -275,8 +275,8 @@ def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_
         assert set(values) == {800, 1600, 2400, 3200}
         cfg, precision = TrialConfig.from_dict(t.user_attrs["config"]), t.user_attrs["precision"]
         seen = []
-        alone = train(cfg, data, device="cpu", precision=precision, points=(0.5, 1.5), point_split=subset,
-                      on_point=seen.append, subset_epochs=subset_epochs)
+        alone = train(cfg, data, device="cpu", precision=precision,
+                      probe=Probe((0.5, 1.5), subset, seen.append, epoch_ends=subset_epochs))
         assert {p.images: p.acc for p in seen} == {800: values[800], 2400: values[2400]}  # the subset's 100 images
         on_subset = (800, 2400, 1600) if subset_epochs else (800, 2400)
         assert all(abs(values[s] * 100 - round(values[s] * 100)) < 1e-4 for s in on_subset)
@@ -284,7 +284,7 @@ def test_points_inside_epochs_validate_on_the_subset_and_the_value_on_the_whole_
         assert alone.history[-1].split == "val" and len(data.val) != 100
         assert values[1600] == alone.history[0].eval_acc  # the end of epoch 1: the subset or the whole split
         assert alone.history[0].split == ("val_subset" if subset_epochs else "val")
-        assert ("val_subset_acc" in t.user_attrs["history"][0]) == subset_epochs
+        assert t.user_attrs["history"][0]["split"] == ("val_subset" if subset_epochs else "val")
 
 
 # --- warm start, named metrics, what the CLI shows ---------------------------------------------------

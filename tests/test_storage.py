@@ -35,8 +35,8 @@ from optuna.trial import TrialState
 
 from lenet_hpo.search import run_search
 from lenet_hpo.search.space import config_from_params
-from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.search.storage import Heartbeat
+from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.train import train
 
 postgres = pytest.mark.postgres

@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 from lenet_hpo.classic import CLASSIC
 from lenet_hpo.config import BASELINE
 from lenet_hpo.data import scale_input
-from lenet_hpo.train import evaluate_tensors, resolve_device, resolve_precision, train
+from lenet_hpo.train import EpochStats, evaluate_tensors, resolve_device, resolve_precision, train
 
 FAST = BASELINE.replace(activation="relu", pooling="max", optimizer="adam", lr=3e-3, batch_size=64, epochs=3)
 
@@ -34,7 +34,7 @@ def test_reproducible_for_a_seed(synthetic):
 
 def test_final_fits_train_plus_val_and_evaluates_on_test(synthetic):
     seen = []
-    result = train(FAST.replace(epochs=1), synthetic, device="cpu", final=True, on_epoch=seen.append)
+    result = train(FAST.replace(epochs=1), synthetic, device="cpu", held_out="test", on_epoch=seen.append)
     x = scale_input(synthetic.test.x, "standard", synthetic.mean, synthetic.std)
     loss, acc, _ = evaluate_tensors(result.model, x, synthetic.test.y)
     assert seen[0].eval_acc == pytest.approx(acc)
@@ -164,3 +164,11 @@ def test_bf16_learns_as_well_as_fp32(synthetic):
     assert bf16.history[-1].eval_acc > 0.9
     assert abs(bf16.history[-1].eval_acc - fp32.history[-1].eval_acc) < 0.03
     assert bf16.history[-1].train_loss == pytest.approx(fp32.history[-1].train_loss, rel=0.3, abs=0.02)
+
+
+def test_epoch_stats_read_back_from_fixed_keys_and_from_a_history_kept_with_split_named_keys():
+    stats = EpochStats(2, 0.3, 0.9, 0.25, 0.92, 1.5, 0.01, "test")
+    assert EpochStats.from_dict(stats.to_dict()) == stats
+    legacy = {"epoch": 2, "train_loss": 0.3, "train_acc": 0.9, "test_loss": 0.25, "test_acc": 0.92, "seconds": 1.5,
+              "lr": 0.01}
+    assert EpochStats.from_dict(legacy) == stats

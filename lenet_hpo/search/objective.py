@@ -12,7 +12,7 @@ from lenet_hpo.data import Dataset
 from lenet_hpo.model import build_model, count_macs
 from lenet_hpo.search.space import StudySpec, suggest_config
 from lenet_hpo.search.studies import is_baseline
-from lenet_hpo.train import EpochStats, resolve_precision, train
+from lenet_hpo.train import EpochStats, Probe, resolve_precision, train
 
 
 class Objective:
@@ -79,9 +79,9 @@ class Objective:
             report(e.eval_acc, e.epoch, sum(h["seconds"] for h in history))
 
         result = train(
-            cfg, self.data, device=self.device, on_epoch=on_epoch, precision=precision, points=spec.report_points(),
-            point_split=self.subset, on_point=lambda p: report(p.acc, p.epoch, p.seconds),
-            subset_epochs=spec.val_subset_epochs,
+            cfg, self.data, device=self.device, on_epoch=on_epoch, precision=precision,
+            probe=Probe(spec.report_points(), self.subset, lambda p: report(p.acc, p.epoch, p.seconds),
+                        spec.val_subset_epochs),
         )
         self.finished = trial.number
         if result.outcome == "diverged":

@@ -56,6 +56,10 @@ class TrialEvent:
     kind: str
     trial: FrozenTrial
 
+    @property
+    def baseline(self) -> bool:
+        return is_baseline(self.trial)
+
 
 @dataclass(frozen=True)
 class Progress:
