@@ -374,16 +374,13 @@ def retrain_best_command(args: argparse.Namespace) -> int:
     Retrain the best COMPLETE trial and the baseline(s) on train+validation with the same epochs and
     seeds, evaluate on the official test split, and test the difference (paired t-test over seeds).
     """
-    from lenet_hpo.final import named_config
-    from lenet_hpo.retrain import retrain_best
+    from lenet_hpo.retrain import epoch_budget, retrain_best
     from lenet_hpo.search.storage import resolve_url
     from lenet_hpo.search.studyfile import study_name
 
     name = study_name(args.study)
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    epochs = args.epochs or named_config(baselines[0]).epochs  # unknown names fail here, before any training
-    for b in baselines:
-        named_config(b)
+    epochs = epoch_budget(baselines, args.epochs)  # unknown names fail here, before any training
     bar = console.EpochBar("retrain", args.seeds * (1 + len(baselines)) * epochs, enabled=not args.json)
     try:
         result = retrain_best(

@@ -1,9 +1,12 @@
 """How sure are we?  The report's account of the three uncertainties behind its verdict.
 
-- Seeds: the paired t-test over seeds (in `RetrainResult`), about these test images.
+- Seeds: the paired t-test over seeds, about these test images.
 - The test set: a hierarchical paired bootstrap over seeds and test images, the
   probability of improvement, McNemar's exact test per seed (`stats.paired_bootstrap`),
   from the test predictions kept beside every retrained checkpoint.
+
+Both are computed once, by retrain-best, and kept in its `RetrainResult`; this module
+formats them.
 - The search budget: the expected best validation accuracy after n trials (Dodge et
   al. 2019) from the study's own trials, against the baseline trial and the study's
   best-so-far curve.
@@ -18,10 +21,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from lenet_hpo.final import correctness
 from lenet_hpo.retrain import RetrainResult
 from lenet_hpo.search.studies import StoredStudy, search_values
-from lenet_hpo.stats import BootstrapResult, Comparison, expected_best, format_p, paired_bootstrap, with_test_set
+from lenet_hpo.stats import BootstrapResult, Comparison, expected_best, format_p, interval, points
 
 Figure = tuple[str, go.Figure | None, str]  # title, figure (None: not available), note
 NOT_AVAILABLE = (
@@ -51,13 +53,8 @@ class Confidence:
 
 
 def assess(result: RetrainResult, stored: StoredStudy) -> Confidence:
-    baseline = result.baselines[0]
-    tuned, base = result.models["best"], result.models[baseline]
-    right = (correctness(tuned.checkpoints), correctness(base.checkpoints))
-    comparison, test_set = result.difference, None
-    if right[0] is not None and right[1] is not None:
-        test_set = paired_bootstrap(right[0], right[1], tuned.seeds)
-        comparison = with_test_set(comparison, test_set, ("the tuned model", f"the {baseline}"))
+    """The retrain result's statistics (computed once, by retrain-best) beside the study's search budget."""
+    baseline, comparison, test_set = result.baselines[0], result.difference, result.test_set
     trials, baseline_value = search_values(stored.study)
     expected = expected_best([v for _, v, _ in trials]) if trials else []
     beats = [n for n, mean, _ in expected if baseline_value is not None and mean > baseline_value]
@@ -66,10 +63,6 @@ def assess(result: RetrainResult, stored: StoredStudy) -> Confidence:
         baseline, comparison, test_set, int(result.dataset["n_test"]), trials, expected, baseline_value,
         beats[0] if beats else None, subset if subset and subset < result.dataset["n_val"] else None,
     )
-
-
-def _pts(v: float) -> str:
-    return f"{100 * v:+.2f}"
 
 
 def share(p: float) -> str:
@@ -88,7 +81,8 @@ def sentences(c: Confidence) -> list[str]:
     out = [
         f"Over {d.n} seeds the tuned model is {100 * abs(d.difference):.2f} points"
         f" {'more' if d.difference >= 0 else 'less'} accurate than the {c.baseline} on the test split; the seeds"
-        f" alone put the difference between {_pts(lo)} and {_pts(hi)} points (95%, {d.test}, {format_p(d.p_value)})."
+        f" alone put the difference between {points(lo, signed=True)} and {points(hi, signed=True)} points"
+        f" (95%, {d.test}, {format_p(d.p_value)})."
     ]
     if c.test_set is None or d.test_set_ci95 is None or d.prob_improvement is None:
         return [*out, f"Test-set statistics: {NOT_AVAILABLE}."]
@@ -100,8 +94,8 @@ def sentences(c: Confidence) -> list[str]:
         *out,
         f"The {c.n_images:,} test images are themselves a sample of the images such a model will meet. Drawing the"
         f" seeds and the test images again {len(c.test_set.differences):,} times, the difference lies between"
-        f" {_pts(tlo)} and {_pts(thi)} points in 95% of draws, and the tuned model is the more accurate in"
-        f" {share(d.prob_improvement)} of (seed, test set) draws. "
+        f" {points(tlo, signed=True)} and {points(thi, signed=True)} points in 95% of draws, and the tuned model is"
+        f" the more accurate in {share(d.prob_improvement)} of (seed, test set) draws. "
         + ("So the difference holds beyond these test images." if holds
            else "That interval includes no difference: on new data the improvement is not established."),
         f"Counting only the test images one model gets right and the other wrong: the tuned model alone on"
@@ -145,12 +139,11 @@ def mcnemar_table(c: Confidence) -> pd.DataFrame | None:
 
 def numbers_table(c: Confidence) -> pd.DataFrame:
     d = c.comparison
-    rows = [("difference (tuned - baseline), points", f"{_pts(d.difference)}"),
-            ("95% CI over seeds (t)", f"[{_pts(d.ci95[0])}, {_pts(d.ci95[1])}]"),
+    rows = [("difference (tuned - baseline), points", f"{points(d.difference, signed=True)}"),
+            ("95% CI over seeds (t)", interval(d.ci95, signed=True)),
             ("p, paired t-test", format_p(d.p_value))]
     if d.test_set_ci95 is not None and d.prob_improvement is not None:
-        lo, hi = d.test_set_ci95
-        rows += [("95% interval, seeds and test images resampled", f"[{_pts(lo)}, {_pts(hi)}]"),
+        rows += [("95% interval, seeds and test images resampled", interval(d.test_set_ci95, signed=True)),
                  ("P(tuned more accurate), over (seed, test set) draws", share(d.prob_improvement))]
     else:
         rows.append(("test-set statistics", NOT_AVAILABLE))

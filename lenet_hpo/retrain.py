@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import queue
 import statistics
-import tomllib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -43,8 +42,7 @@ from lenet_hpo.files import atomic_write_text
 from lenet_hpo.final import FinalRun, RunCache, correctness, named_config, train_final
 from lenet_hpo.search.space import StudySpec, config_from_params
 from lenet_hpo.search.studies import best_trials, open_study, retrain_dir
-from lenet_hpo.search.studyfile import parse_spec
-from lenet_hpo.stats import Comparison, compare, paired_bootstrap, summarize, with_test_set
+from lenet_hpo.stats import BootstrapResult, Comparison, compare, paired_bootstrap, summarize, with_test_set
 from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
 RESCORE_SEED_BASE = 1000  # --top-k re-scoring seeds: disjoint from the retraining seeds 0..n-1
@@ -111,6 +109,9 @@ class RetrainResult:
     models: dict[str, ModelResult]  # "best", then each baseline in the order asked
     comparisons: dict[str, Comparison]  # baseline -> the tuned model against it
     results_csv: str
+    # The verdict's bootstrap replicates (tuned minus the first baseline), kept for its figure;
+    # empty where the runs' test predictions were not kept.
+    test_set_differences: tuple[float, ...] = ()
 
     @property
     def baselines(self) -> list[str]:
@@ -120,6 +121,12 @@ class RetrainResult:
     def difference(self) -> Comparison:
         """The comparison with the first baseline: the verdict."""
         return self.comparisons[self.baselines[0]]
+
+    @property
+    def test_set(self) -> BootstrapResult | None:
+        """The verdict's test-set statistics, as retrain-best computed them (None: not available)."""
+        return BootstrapResult.from_comparison(self.difference, self.test_set_differences) if (
+            self.test_set_differences) else None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (`--json`, summary.json): each model under its role, and the first
@@ -134,6 +141,10 @@ class RetrainResult:
             "difference": self.difference.to_dict(),
             "comparisons": {name: c.to_dict() for name, c in self.comparisons.items()},
         }
+
+    def record(self) -> dict[str, Any]:
+        """What summary.json keeps: the JSON form and the bootstrap's replicates."""
+        return {**self.to_dict(), "test_set_differences": list(self.test_set_differences)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RetrainResult:
@@ -151,6 +162,7 @@ class RetrainResult:
             models={r: ModelResult(**{k: v for k, v in d[r].items() if k in fields}) for r in roles},
             comparisons={name: Comparison.from_dict(c) for name, c in d["comparisons"].items()},
             results_csv=d["results_csv"],
+            test_set_differences=tuple(d.get("test_set_differences", ())),
         )
 
 
@@ -196,71 +208,51 @@ def _reporter(on_epoch: OnEpochDone | None, role: str, cfg: TrialConfig) -> Call
 
 # --- running the trainings, here or in worker processes -----------------------------------------
 
-_WORKER: dict[str, Any] = {}  # in a worker process: its data and its progress queue
+
+@dataclass(frozen=True)
+class Job:
+    """One final run: a role's config on one seed, and where and how it runs (picklable)."""
+
+    role: str  # "best" or a baseline's name
+    config: TrialConfig  # with its seed and the epoch budget
+    out: Path  # the study's retrain folder
+    device: str
+    precision: str
+    meta: dict[str, Any]  # recorded in the checkpoint
+    cached: bool  # may come from the shared run cache (baselines)
+
+    @property
+    def path(self) -> Path:
+        return self.out / f"{self.role}-seed{self.config.seed}.pt"
 
 
-def _init_worker(spec_text: str, name: str, base: Path, data_dir: Path | None, threads: int, events: Any) -> None:
-    torch.set_num_threads(threads)
-    spec = parse_spec(tomllib.loads(spec_text), name=name, text=spec_text, base=base)
-    _WORKER.update(data=spec.load_data(data_dir), events=events)  # moved to a GPU by train() when one is used
-
-
-def _run_in_worker(
-    role: str, cfg: dict[str, Any], out: str, device: str, meta: dict[str, Any], precision: str, cached: bool
-) -> FinalRun:
-    config = TrialConfig.from_dict(cfg)
-    events = _WORKER["events"]
+def run_job(job: Job, data: Dataset, on_epoch: OnEpochDone | None = None) -> FinalRun:
+    """Train (or reuse) one final run."""
     return train_final(
-        config,
-        _WORKER["data"],
-        Path(out) / f"{role}-seed{config.seed}.pt",
-        role=role,
-        device=device,
-        precision=precision,
-        meta=meta,
-        cache=RunCache() if cached else None,
-        on_epoch=lambda e: events.put(EpochDone(role, config.seed, e.epoch, config.epochs, e.seconds)),
+        job.config, data, job.path, role=job.role, device=job.device, precision=job.precision, meta=job.meta,
+        cache=RunCache() if job.cached else None, on_epoch=_reporter(on_epoch, job.role, job.config),
     )
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The final runs to make, one per (seed, role), and how."""
-
-    jobs: list[tuple[str, TrialConfig, bool]]  # (role, config with its seed, from the run cache)
-    out: Path
-    device: torch.device
-    precision: str
-    meta: dict[str, Any]  # recorded in every checkpoint
+_WORKER: dict[str, Any] = {}  # in a worker process: its data and its progress queue
 
 
-def _run_here(plan: _Plan, data: Dataset, on_epoch: OnEpochDone | None, done: OnRun) -> None:
-    for role, cfg, cached in plan.jobs:
-        path = plan.out / f"{role}-seed{cfg.seed}.pt"
-        report = _reporter(on_epoch, role, cfg)
-        cache = RunCache() if cached else None
-        done(
-            train_final(
-                cfg,
-                data,
-                path,
-                role=role,
-                device=plan.device,
-                precision=plan.precision,
-                meta=plan.meta,
-                cache=cache,
-                on_epoch=report,
-            )
-        )
+def _init_worker(spec: StudySpec, data_dir: Path | None, threads: int, events: Any) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(data=spec.load_data(data_dir), events=events)  # moved to a GPU by train() when one is used
+
+
+def _run_in_worker(job: Job) -> FinalRun:
+    return run_job(job, _WORKER["data"], _WORKER["events"].put)
 
 
 def _run_in_pool(
-    plan: _Plan, spec: StudySpec, data_dir: Path | None, workers: int, on_epoch: OnEpochDone | None, done: OnRun
+    jobs: list[Job], spec: StudySpec, data_dir: Path | None, workers: int, on_epoch: OnEpochDone | None, done: OnRun
 ) -> None:
     """`workers` processes, each loading the data once; epochs are reported through a queue."""
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
-    init = (spec.text, spec.name, spec.base, data_dir, max(1, (os.cpu_count() or 1) // workers), events)
+    init = (spec, data_dir, max(1, (os.cpu_count() or 1) // workers), events)
 
     def drain() -> None:
         while True:
@@ -272,8 +264,7 @@ def _run_in_pool(
                 on_epoch(event)
 
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-        args = (str(plan.out), str(plan.device), plan.meta, plan.precision)
-        pending = {pool.submit(_run_in_worker, role, cfg.to_dict(), *args, cached) for role, cfg, cached in plan.jobs}
+        pending = {pool.submit(_run_in_worker, job) for job in jobs}
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             drain()
@@ -328,6 +319,7 @@ def retrain_best(
     """
     if seeds < 2:
         raise ConfigError("seeds: need at least 2 to estimate an interval")
+    budget = epoch_budget(baselines, epochs)
     base_cfgs = {name: named_config(name) for name in baselines}
     stored = open_study(study_name, url)
     study, spec = stored.study, stored.spec()
@@ -339,15 +331,13 @@ def retrain_best(
     )
     for cfg in (chosen.config, *base_cfgs.values()):
         resolve_precision(precision, cfg, dev)  # an impossible precision fails before the first run
-    budget = epochs or base_cfgs[baselines[0]].epochs
     roles = {role: cfg.replace(epochs=budget) for role, cfg in {"best": chosen.config, **base_cfgs}.items()}
-    # Cache look-ups first: their lines come at once, not between trainings.
-    jobs = sorted(((role, cfg.replace(seed=s), use_cache and role != "best") for s in range(seeds)
-                   for role, cfg in roles.items()), key=lambda job: not job[2])
-    plan = _Plan(
-        jobs, retrain_dir(study_name, studies_dir), dev, precision, {"trial": chosen.trial, "study": study_name}
-    )
-    plan.out.mkdir(parents=True, exist_ok=True)
+    out = retrain_dir(study_name, studies_dir)
+    meta = {"trial": chosen.trial, "study": study_name}
+    jobs = [Job(role, cfg.replace(seed=s), out, str(dev), precision, meta, use_cache and role != "best")
+            for s in range(seeds) for role, cfg in roles.items()]
+    jobs.sort(key=lambda job: not job.cached)  # cache look-ups first: their lines come at once
+    out.mkdir(parents=True, exist_ok=True)
     runs: list[FinalRun] = []
 
     def done(run: FinalRun) -> None:
@@ -357,21 +347,32 @@ def retrain_best(
 
     n_workers = min(len(jobs), workers or (1 if dev.type != "cpu" else os.cpu_count() or 1))
     if n_workers == 1:
-        _run_here(plan, data, on_epoch, done)
+        for job in jobs:
+            done(run_job(job, data, on_epoch))
     else:
-        _run_in_pool(plan, spec, data_dir, n_workers, on_epoch, done)
-    return _conclude(study_name, chosen, roles, runs, plan.out, data, seeds)
+        _run_in_pool(jobs, spec, data_dir, n_workers, on_epoch, done)
+    return _conclude(study_name, chosen, roles, runs, out, data, seeds)
 
 
-def comparison(tuned: ModelResult, base: ModelResult, name: str) -> Comparison:
+def epoch_budget(baselines: tuple[str, ...], epochs: int | None = None) -> int:
+    """The epochs of every final run: `epochs`, else the first baseline's (20 for BASELINE);
+    unknown or missing baselines fail here, before any training."""
+    if not baselines:
+        raise ConfigError("baselines: name at least one (e.g. baseline or classic)")
+    configs = [named_config(name) for name in baselines]
+    return epochs or configs[0].epochs
+
+
+def comparison(tuned: ModelResult, base: ModelResult, name: str) -> tuple[Comparison, BootstrapResult | None]:
     """The tuned model against one baseline: the paired t-test over seeds, and with the runs'
-    test predictions the test-set statistics too."""
+    test predictions the test-set statistics too (None where they were not kept)."""
     names = ("the tuned model", f"the {name}")
     c = compare(tuned.test_accuracy, base.test_accuracy, paired=True, names=names)
     right = (correctness(tuned.checkpoints), correctness(base.checkpoints))
     if right[0] is None or right[1] is None:
-        return c
-    return with_test_set(c, paired_bootstrap(right[0], right[1], tuned.seeds), names)
+        return c, None
+    test_set = paired_bootstrap(right[0], right[1], tuned.seeds)
+    return with_test_set(c, test_set, names), test_set
 
 
 def _conclude(
@@ -382,7 +383,8 @@ def _conclude(
     table = pd.DataFrame([r.to_dict() for r in runs]).sort_values(["seed", "role"], kind="stable")
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     models = {role: _model_result(table, role, cfg) for role, cfg in roles.items()}
-    comparisons = {name: comparison(models["best"], models[name], name) for name in list(roles)[1:]}
+    compared = {name: comparison(models["best"], models[name], name) for name in list(roles)[1:]}
+    test_set = next(iter(compared.values()))[1]
     result = RetrainResult(
         study=study_name,
         trial=chosen.trial,
@@ -393,10 +395,11 @@ def _conclude(
         n_seeds=seeds,
         dataset=data.meta(),
         models=models,
-        comparisons=comparisons,
+        comparisons={name: c for name, (c, _) in compared.items()},
         results_csv=str(out / "results.csv"),
+        test_set_differences=tuple(test_set.differences.tolist()) if test_set is not None else (),
     )
-    atomic_write_text(out / "summary.json", json.dumps(result.to_dict(), indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(result.record(), indent=2))
     return result
 
 

@@ -64,7 +64,7 @@ class Comparison:
         return cls(**{**known, "ci95": tuple(known["ci95"]), "test_set_ci95": tuple(test_ci) if test_ci else None})
 
 
-def t_interval(mean: float, sem: float, dof: float, level: float = 0.95) -> tuple[float, float]:
+def tinterval(mean: float, sem: float, dof: float, level: float = 0.95) -> tuple[float, float]:
     if dof <= 0 or not math.isfinite(sem):
         return (math.nan, math.nan)
     if sem == 0:
@@ -81,7 +81,7 @@ def summarize(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0))
     n = int(x.size)
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else 0.0
-    ci = t_interval(mean, std / math.sqrt(n), n - 1) if n > 1 else (math.nan, math.nan)
+    ci = tinterval(mean, std / math.sqrt(n), n - 1) if n > 1 else (math.nan, math.nan)
     if n > 1:
         ci = (max(ci[0], bounds[0]), min(ci[1], bounds[1]))
     return Summary(n=n, mean=mean, std=std, ci95=ci)
@@ -111,7 +111,7 @@ def compare(
         else:
             p = float(st.ttest_rel(x, y).pvalue)
             effect = diff / sd
-        ci = t_interval(diff, sd / math.sqrt(n), n - 1)
+        ci = tinterval(diff, sd / math.sqrt(n), n - 1)
         test, effect_name = "paired t-test", "Cohen's d_z"
     else:
         res = st.ttest_ind(x, y, equal_var=False)
@@ -119,7 +119,7 @@ def compare(
         vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
         se = math.sqrt(vx + vy)
         dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1)) if se > 0 else 0.0
-        ci = t_interval(diff, se, dof) if se > 0 else (diff, diff)
+        ci = tinterval(diff, se, dof) if se > 0 else (diff, diff)
         p = float(res.pvalue) if se > 0 else (1.0 if diff == 0 else 0.0)
         pooled = math.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1)) / (x.size + y.size - 2))
         correction = 1 - 3 / (4 * (x.size + y.size) - 9)
@@ -140,17 +140,19 @@ def compare(
     )
 
 
-def _pts(v: float) -> str:
-    return f"{100 * v:.2f}"
+def points(v: float, *, signed: bool = False) -> str:
+    """A difference of accuracies (fractions) in percentage points, two decimals; `signed`: with + or -."""
+    return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
 
 
 def format_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _interval(ci: tuple[float, float], sign: float = 1.0) -> str:
+def interval(ci: tuple[float, float], sign: float = 1.0, *, signed: bool = False) -> str:
+    """`ci` (times `sign`) in points, low end first: "[0.38, 0.58]"."""
     lo, hi = sorted((sign * ci[0], sign * ci[1]))
-    return f"[{_pts(lo)}, {_pts(hi)}]"
+    return f"[{points(lo, signed=signed)}, {points(hi, signed=signed)}]"
 
 
 def verdict(
@@ -159,31 +161,31 @@ def verdict(
     """One sentence; with `test_ci` (the test-set bootstrap's interval) it names both intervals,
     and says so when only one of them excludes 0."""
     winner, loser, sign = (names[0], names[1], 1.0) if diff > 0 else (names[1], names[0], -1.0)
-    seeds = f"95% CI {_interval(ci, sign)}, {format_p(p)}"
+    seeds = f"95% CI {interval(ci, sign)}, {format_p(p)}"
     if test_ci is None:
         if p >= ALPHA:
             return (
-                f"no significant difference: {names[0]} minus {names[1]} is {_pts(diff)} points,"
-                f" 95% CI {_interval(ci)}, {format_p(p)}"
+                f"no significant difference: {names[0]} minus {names[1]} is {points(diff)} points,"
+                f" 95% CI {interval(ci)}, {format_p(p)}"
             )
-        return f"{winner} beats {loser} by {_pts(sign * diff)} points, {seeds}"
+        return f"{winner} beats {loser} by {points(sign * diff)} points, {seeds}"
     holds = test_ci[0] > 0 or test_ci[1] < 0
     if p >= ALPHA:
         head = (
-            f"no significant difference over seeds: {names[0]} minus {names[1]} is {_pts(diff)} points"
-            f" (seeds: 95% CI {_interval(ci)}, {format_p(p)})"
+            f"no significant difference over seeds: {names[0]} minus {names[1]} is {points(diff)} points"
+            f" (seeds: 95% CI {interval(ci)}, {format_p(p)})"
         )
         # The bootstrap resamples only the seeds there are: with few, it understates their spread.
         tail = "" if not holds else ", which excludes 0 while the seeds do not: more seeds (--seeds) settle it"
-        return f"{head}; with test-set noise the 95% interval is {_interval(test_ci)}{tail}"
+        return f"{head}; with test-set noise the 95% interval is {interval(test_ci)}{tail}"
     if holds and (test_ci[0] > 0) == (diff > 0):
         return (
-            f"{winner} beats {loser} by {_pts(sign * diff)} points (seeds: {seeds};"
-            f" with test-set noise: 95% interval {_interval(test_ci, sign)})"
+            f"{winner} beats {loser} by {points(sign * diff)} points (seeds: {seeds};"
+            f" with test-set noise: 95% interval {interval(test_ci, sign)})"
         )
     return (
-        f"{winner} beats {loser} by {_pts(sign * diff)} points on these test images (seeds: {seeds}); with test-set"
-        f" noise the 95% interval is {_interval(test_ci, sign)}: not established for new data"
+        f"{winner} beats {loser} by {points(sign * diff)} points on these test images (seeds: {seeds}); with test-set"
+        f" noise the 95% interval is {interval(test_ci, sign)}: not established for new data"
     )
 
 
@@ -217,6 +219,13 @@ class BootstrapResult:
     prob_improvement: float  # P(tuned > baseline) over (replicate, drawn seed) pairs; ties count half
     mcnemar: list[McNemar]
     differences: np.ndarray  # the replicates' mean differences (R,)
+
+    @classmethod
+    def from_comparison(cls, c: Comparison, differences: Sequence[float]) -> BootstrapResult | None:
+        """Rebuilt from a comparison that carries the test-set statistics and the kept replicates."""
+        if c.test_set_ci95 is None or c.prob_improvement is None or c.mcnemar is None:
+            return None
+        return cls(c.test_set_ci95, c.prob_improvement, [McNemar(**m) for m in c.mcnemar], np.asarray(differences))
 
 
 def paired_bootstrap(

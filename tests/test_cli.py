@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import time
@@ -21,8 +22,8 @@ def run(capsys, *argv):
 
 def test_help_lists_subcommands():
     proc = subprocess.run([sys.executable, "-m", "lenet_hpo", "--help"], capture_output=True, text=True, check=True)
-    for command in ("data", "train"):
-        assert command in proc.stdout
+    listed = re.findall(r"^    (\S+)", proc.stdout.split("COMMAND\n", 1)[1], re.M)  # one line per subcommand
+    assert listed == ["data", "train", "search", "dashboard", "retrain-best", "report", "predict"]
 
 
 def test_bad_config_file_and_name(capsys, tmp_path):

@@ -100,9 +100,10 @@ def test_retrain_progress_in_a_log_is_run_lines_and_a_status_every_30_s_at_most(
 
 
 def test_retrain_progress_on_a_terminal_or_with_json_has_no_status_lines():
-    for tty, enabled in ((True, True), (False, False)):
-        out = io.StringIO()
-        bar = EpochBar("retrain", 4, stream=out, tty=tty, enabled=enabled, clock=lambda: 100.0)
+    for tty, enabled, status in ((True, True, False), (False, False, False), (False, True, True)):  # last: a log
+        out, now = io.StringIO(), [0.0]
+        bar = EpochBar("retrain", 4, stream=out, tty=tty, enabled=enabled, clock=lambda now=now: now[0])
+        now[0] = 100.0  # well past the status interval
         bar.on_epoch_done(EpochDone("best", 0, 1, 2, 5.0))
         bar.close()
-        assert "epochs," not in out.getvalue()
+        assert ("retrain: 1/4 epochs, 1:40 elapsed" in out.getvalue()) == status, (tty, enabled)
