@@ -142,7 +142,7 @@ def numbers_table(c: Confidence) -> pd.DataFrame:
     rows = [("difference (tuned - baseline), points", f"{points(d.difference, signed=True)}"),
             ("95% CI over seeds (t)", interval(d.ci95, signed=True)),
             ("p, paired t-test", format_p(d.p_value))]
-    if d.test_set_ci95 is not None and d.prob_improvement is not None:
+    if c.test_set is not None and d.test_set_ci95 is not None and d.prob_improvement is not None:
         rows += [("95% interval, seeds and test images resampled", interval(d.test_set_ci95, signed=True)),
                  ("P(tuned more accurate), over (seed, test set) draws", share(d.prob_improvement))]
     else:
