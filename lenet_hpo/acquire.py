@@ -64,6 +64,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     files: dict[str, PinnedFile]
     sources: tuple[tuple[str, Source], ...] = ()  # (label, source), tried in order
+    max_val_fraction: float = 1.0  # at most this share of the training part is held out for validation
 
 
 def idx_files(pins: dict[str, tuple[str, int]]) -> dict[str, PinnedFile]:
@@ -245,7 +246,7 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "cifar10": DatasetInfo("cifar10", 3, CIFAR_CLASSES, {"archive": CIFAR_ARCHIVE}),
     # Generated in memory from a seed: for tests, demos and checking a set-up in seconds.
-    "synthetic": DatasetInfo("synthetic", 1, DIGITS, {}),
+    "synthetic": DatasetInfo("synthetic", 1, DIGITS, {}, max_val_fraction=0.2),  # a small set: keep 80% to train
 }
 
 

@@ -106,7 +106,7 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
     from lenet_hpo.data import load_data
     from lenet_hpo.folders import FolderOptions
 
-    folder = FolderOptions(channels=args.channels, test_size=args.test_size, skip_bad=args.skip_bad)
+    folder = FolderOptions(args.channels, args.resize, args.test_size, args.skip_bad)
     return load_data(args.dataset, data_dir=args.data_dir, resize=args.resize, folder=folder)
 
 

@@ -24,6 +24,7 @@ from lenet_hpo.acquire import DATASETS, dataset_checksum, dataset_info, default_
 from lenet_hpo.classic import paper_affine
 from lenet_hpo.errors import ConfigError
 from lenet_hpo.folders import FolderOptions, load_folder
+from lenet_hpo.splits import stratified_split
 
 RESIZE_MODES = ("pad", "resize", "stretch")  # resize and stretch: the same, bilinear, for 28x28 images
 
@@ -42,31 +43,6 @@ def to_32(x: torch.Tensor, mode: str = "pad") -> torch.Tensor:
         return F.pad(x, (left, 32 - w - left, top, 32 - h - top))
     y = F.interpolate(x.float(), size=(32, 32), mode="bilinear", align_corners=False, antialias=True)  # resize, stretch
     return y.round().clamp(0, 255).to(torch.uint8)
-
-
-def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val), sorted; each class keeps its share in both parts.
-
-    Class quotas are val_size * class_count / n, rounded by largest remainder so
-    the validation part has exactly `val_size` items.
-    """
-    n = len(labels)
-    if not 0 < val_size < n:
-        raise ConfigError(f"val_size: {val_size} must be between 1 and {n - 1}")
-    g = torch.Generator().manual_seed(seed)
-    classes, counts = torch.unique(labels, return_counts=True)
-    exact = counts.double() * val_size / n
-    quota = exact.floor().long()
-    remainder = int(val_size - quota.sum())
-    order = torch.argsort(exact - quota, descending=True, stable=True)
-    quota[order[:remainder]] += 1
-    train_parts, val_parts = [], []
-    for c, q in zip(classes.tolist(), quota.tolist(), strict=True):
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        val_parts.append(idx[:q])
-        train_parts.append(idx[q:])
-    return torch.cat(train_parts).sort().values, torch.cat(val_parts).sort().values
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -217,27 +193,23 @@ def load_data(
     `val_size` is a number of images or, below 1, a fraction of the training part (default:
     10,000 for a built-in dataset, 0.2 for a folder).  `train_limit` keeps a stratified subset
     of the training part (for smoke runs); the validation and test parts are not reduced.
-    `folder` decodes a folder (its `resize` is this call's).
+    `folder`: how a folder is decoded and its test split held out (its own `resize`; this
+    call's `resize` is for a built-in dataset).
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     source: dict[str, Any] = {}
+    max_val_fraction = dataset_info(name).max_val_fraction if name in DATASETS else 1.0
     if name in DATASETS:
         info = dataset_info(name)
         raw, classes, checksum = fetch(info, data_dir), info.classes, dataset_checksum(info)
         val_size = 10_000 if val_size is None else val_size
-    else:
-        options = dataclasses.replace(folder or FolderOptions(), resize="stretch" if resize == "resize" else resize)
-        loaded = load_folder(name, options, data_dir)
+    else:  # a folder: its options (resize included) and its test split are the folder's own
+        loaded = load_folder(name, folder or FolderOptions(), data_dir)
         raw, classes, checksum, source = dict(loaded.tensors), loaded.classes, loaded.checksum, loaded.info
-        name, val_size = Path(loaded.info["path"]).name, 0.2 if val_size is None else val_size
-        if "test_y" not in raw:  # held out once: the same stratified part for the same files, whatever the study
-            rest, test = stratified_split(raw["train_y"], max(1, round(options.test_size * len(raw["train_y"]))), 0)
-            raw |= {"test_x": raw["train_x"][test], "test_y": raw["train_y"][test]}
-            raw |= {"train_x": raw["train_x"][rest], "train_y": raw["train_y"][rest]}
+        name, val_size, resize = Path(loaded.info["path"]).name, 0.2 if val_size is None else val_size, loaded.resize
     n = len(raw["train_y"])
     count = round(val_size * n) if val_size < 1 else int(val_size)
-    if name == "synthetic":
-        count = min(count, n // 5)
+    count = min(count, int(max_val_fraction * n))
     train_idx, val_idx = stratified_split(raw["train_y"], count, split_seed)
     if train_limit is not None and train_limit < len(train_idx):
         if train_limit < len(classes):

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 from lenet_hpo.acquire import DATASETS, Tensors, read_cache, write_cache
 from lenet_hpo.errors import ConfigError, DataError
 from lenet_hpo.files import atomic_write_text
+from lenet_hpo.splits import stratified_split
 
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 SIDE = 32
@@ -51,6 +52,8 @@ class FolderOptions:
     skip_bad: bool = False  # leave out unreadable images instead of stopping
 
     def __post_init__(self) -> None:
+        if self.resize == "resize":  # the built-in datasets' name for the same bilinear stretch
+            object.__setattr__(self, "resize", "stretch")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels: {self.channels!r} must be 1 or 3")
         if self.resize not in FOLDER_RESIZE:
@@ -222,6 +225,17 @@ class FolderData:
     classes: tuple[str, ...]
     checksum: str  # of the files and the decoding options
     info: dict[str, Any]  # path, channels, skipped, not_images, test_size, layout
+    resize: str = "pad"  # how its images were brought to 32x32
+
+
+def hold_out_test(tensors: Tensors, test_size: float) -> Tensors:
+    """A folder without train/ and test/ subfolders: the same stratified test part for the same
+    files, whatever the study (seed 0)."""
+    if "test_y" in tensors:
+        return tensors
+    rest, test = stratified_split(tensors["train_y"], max(1, round(test_size * len(tensors["train_y"]))), 0)
+    x, y = tensors["train_x"], tensors["train_y"]
+    return {"train_x": x[rest], "train_y": y[rest], "test_x": x[test], "test_y": y[test]}
 
 
 def cache_folder(data_dir: Path, root: Path) -> Path:
@@ -230,8 +244,8 @@ def cache_folder(data_dir: Path, root: Path) -> Path:
 
 def load_folder(root: str | Path, options: FolderOptions, data_dir: Path, *, max_bytes: int = MAX_BYTES) -> FolderData:
     """A folder's images as tensors: from the cache when its files and options are unchanged,
-    else decoded (and cached).  Without train/ and test/ subfolders every image comes as
-    train_x/train_y and the caller holds out the test split.  Errors leave nothing written."""
+    else decoded (and cached).  Without train/ and test/ subfolders the test split is held
+    out here (`hold_out_test`).  Errors leave nothing written."""
     s = with_checksum(scan(root))
     checksum = hashlib.sha256(f"{s.checksum}|{options}".encode()).hexdigest()
     folder = cache_folder(data_dir, s.root)
@@ -240,10 +254,10 @@ def load_folder(root: str | Path, options: FolderOptions, data_dir: Path, *, max
     if cached is not None and info_path.exists():
         info = json.loads(info_path.read_text())
         if info.get("checksum") == checksum:
-            return FolderData(cached, s.classes, checksum, info)
+            return FolderData(hold_out_test(cached, options.test_size), s.classes, checksum, info, options.resize)
     parts, channels, bad = _decode_all(s, options, max_bytes)
     tensors = {}
-    for split, (x, y) in parts.items():  # "all" becomes train; the caller holds out the test split
+    for split, (x, y) in parts.items():  # "all" becomes train, its test part held out on the way out
         tensors[f"{'train' if split == 'all' else split}_x"] = torch.from_numpy(x)
         tensors[f"{'train' if split == 'all' else split}_y"] = torch.from_numpy(y).long()
     layout = "train/ and test/ subfolders" if "all" not in parts else f"test split held out: {options.test_size:g}"
@@ -252,7 +266,7 @@ def load_folder(root: str | Path, options: FolderOptions, data_dir: Path, *, max
     write_cache(folder / "tensors.pt", checksum, tensors)
     atomic_write_text(folder / f"manifest-{s.checksum[:16]}.json", json.dumps(s.manifest))
     atomic_write_text(info_path, json.dumps(info, indent=1))
-    return FolderData(tensors, s.classes, checksum, info)
+    return FolderData(hold_out_test(tensors, options.test_size), s.classes, checksum, info, options.resize)
 
 
 def what_changed(data_dir: Path, root: str | Path, old_files_checksum: str) -> str:

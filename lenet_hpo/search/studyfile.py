@@ -46,7 +46,7 @@ from typing import Any
 from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import PRECISIONS
 from lenet_hpo.data import RESIZE_MODES
-from lenet_hpo.errors import StudyError
+from lenet_hpo.errors import ConfigError, StudyError
 from lenet_hpo.files import STUDIES_DIR
 from lenet_hpo.folders import FolderOptions
 from lenet_hpo.search.space import (
@@ -155,9 +155,10 @@ def _parse_dataset(study: dict[str, Any], base: Path) -> dict[str, Any]:
     _require(_number(test_size) and 0 < test_size < 1, f"study.test_size: {test_size!r} must be a fraction in (0, 1)")
     skip_bad = study.get("skip_bad", False)
     _require(isinstance(skip_bad, bool), f"study.skip_bad: expected true or false, got {skip_bad!r}")
-    resize = study.get("resize", "pad")
-    _require(resize in ("pad", "stretch"), f"study.resize: {resize!r} is not pad or stretch (for a folder)")
-    options = FolderOptions(channels=channels, resize=resize, test_size=float(test_size), skip_bad=skip_bad)
+    try:
+        options = FolderOptions(channels, study.get("resize", "pad"), float(test_size), skip_bad)
+    except ConfigError as exc:
+        raise StudyError(f"study.{exc}") from None
     return {"dataset": dataset, "base": base, "folder": options}
 
 
