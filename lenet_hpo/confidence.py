@@ -52,7 +52,7 @@ class Confidence:
         }
 
 
-def assess(result: RetrainResult, stored: StoredStudy) -> Confidence:
+def how_sure(result: RetrainResult, stored: StoredStudy) -> Confidence:
     """The retrain result's statistics (computed once, by retrain-best) beside the study's search budget."""
     baseline, comparison, test_set = result.baselines[0], result.difference, result.test_set
     trials, baseline_value = search_values(stored.study)

@@ -41,9 +41,9 @@ def finished(study):
     return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
-def test_search_completes_and_records_attrs(study_file, tmp_path):
+def test_search_completes_and_records_attrs(study_file, tmp_path, storage_url):
     spec = load_spec(str(study_file()))
-    url = f"sqlite:///{tmp_path / 't.db'}"
+    url = storage_url
     summary = run_search(spec, url, 3, workers=1, threads=1, device="cpu")
     assert summary.n_complete == 3 and summary.n_failed == 0 and summary.best_value > 0.5
     study = optuna.load_study(study_name="t", storage=url)
@@ -73,9 +73,9 @@ def test_baseline_is_enqueued_first_when_in_the_space_and_never_pruned(tmp_path,
     assert summary.baseline_value == first.value
 
 
-def test_rerun_resumes_to_exactly_the_total(study_file, tmp_path):
+def test_rerun_resumes_to_exactly_the_total(study_file, tmp_path, storage_url):
     spec = load_spec(str(study_file()))
-    url = f"sqlite:///{tmp_path / 't.db'}"
+    url = storage_url
     run_search(spec, url, 2, workers=1, threads=1, device="cpu")
     summary = run_search(spec, url, 5, workers=1, threads=1, device="cpu")
     assert summary.n_complete + summary.n_pruned == 5
@@ -84,9 +84,9 @@ def test_rerun_resumes_to_exactly_the_total(study_file, tmp_path):
     assert len(finished(study)) == 5 and again.n_complete == summary.n_complete
 
 
-def test_rerun_after_editing_comments_resumes_but_changed_settings_are_refused(study_file, tmp_path):
+def test_rerun_after_editing_comments_resumes_but_changed_settings_are_refused(study_file, tmp_path, storage_url):
     path = study_file()
-    url = f"sqlite:///{tmp_path / 't.db'}"
+    url = storage_url
     run_search(load_spec(str(path)), url, 2, workers=1, threads=1, device="cpu")
     path.write_text("# a comment added after the study began\n" + path.read_text())
     summary = run_search(load_spec(str(path)), url, 3, workers=1, threads=1, device="cpu")
@@ -97,9 +97,9 @@ def test_rerun_after_editing_comments_resumes_but_changed_settings_are_refused(s
     assert len(optuna.load_study(study_name="t", storage=url).trials) == 3  # nothing written
 
 
-def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_path):
+def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_path, storage_url):
     spec = load_spec(str(study_file(pruner="threshold", lower=0.999)))
-    url = f"sqlite:///{tmp_path / 't.db'}"
+    url = storage_url
     summary = run_search(spec, url, 2, workers=1, threads=1, device="cpu")
     assert summary.n_pruned == 2 and summary.best_number is None
     study = optuna.load_study(study_name="t", storage=url)
@@ -120,9 +120,9 @@ def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_pa
     assert all(t.user_attrs["outcome"] == "diverged" and "NaN" in t.user_attrs["fail_reason"] for t in trials)
 
 
-def test_two_workers_exactly_n_unique_none_running(study_file, tmp_path):
+def test_two_workers_exactly_n_unique_none_running(study_file, tmp_path, storage_url):
     spec = load_spec(str(study_file()))
-    url = f"sqlite:///{tmp_path / 't.db'}"
+    url = storage_url
     summary = run_search(spec, url, 8, workers=2, threads=1, device="cpu")
     study = optuna.load_study(study_name="t", storage=url)
     trials = study.get_trials()
@@ -350,9 +350,9 @@ def test_a_warm_start_from_a_missing_study_says_so_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "studies").exists() and not list(tmp_path.glob("dst.db*"))
 
 
-def test_metric_names_and_short_user_attributes_for_the_optuna_cli(study_file, tmp_path):
+def test_metric_names_and_short_user_attributes_for_the_optuna_cli(study_file, tmp_path, storage_url):
     path = study_file()
-    url = f"sqlite:///{tmp_path / 't.db'}"
+    url = storage_url
     run_search(load_spec(str(path)), url, 2, workers=1, threads=1, device="cpu")
     study = optuna.load_study(study_name="t", storage=url)
     assert study.metric_names == ["val_accuracy"]

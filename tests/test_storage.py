@@ -42,14 +42,6 @@ from lenet_hpo.train import train
 postgres = pytest.mark.postgres
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=postgres)])
-def storage_url(request, tmp_path):
-    """The same test on an SQLite file and on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'study.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 def backend(url):
     return url.split(":", 1)[0].split("+", 1)[0]
 
