@@ -173,6 +173,32 @@ def test_a_search_never_prints_the_password_of_its_storage(postgres_url, workdir
     assert "--storage URL" in out  # the follow-up commands name it instead of showing ***
 
 
+@pytest.mark.parametrize("password", ["e", "o", "pg"])
+def test_a_short_password_is_masked_as_a_field_not_wherever_its_letters_appear(workdir, capsys, password):
+    study = write_fleet_study(workdir, "s")
+    url = f"postgresql+psycopg://postgres:{password}@127.0.0.1:{free_port()}/x"
+    assert search(study, url) == 1
+    err = capsys.readouterr().err
+    assert "postgres:***@127.0.0.1:" in err and "Connection refused" in err and "reachable?" in err
+    assert "***" not in err.replace("postgres:***@", "")  # no letter of the message was masked
+    assert written(workdir) == []
+
+
+def test_a_missing_driver_names_the_one_the_url_asks_for(workdir, capsys):
+    study = write_fleet_study(workdir, "s")
+    assert search(study, "mysql://u:p@127.0.0.1/x") == 1
+    err = capsys.readouterr().err
+    assert "Failed to import" in err and "pip install 'mysqlclient'" in err and "psycopg" not in err
+    assert "mysql://u:***@127.0.0.1/x" in err and "one.." not in err
+
+
+def test_an_in_memory_sqlite_storage_is_refused_with_what_to_give_instead(workdir, capsys):
+    study = write_fleet_study(workdir, "s")
+    assert search(study, "sqlite://") == 1
+    err = capsys.readouterr().err
+    assert "in-memory SQLite database" in err and "sqlite:///studies/NAME.db" in err and "not supported" not in err
+
+
 def test_sqlite_folder_that_cannot_be_made(workdir, capsys):
     (workdir / "afile").write_text("")
     assert search(write_fleet_study(workdir, "s"), f"sqlite:///{workdir / 'afile' / 'x.db'}") == 1

@@ -18,11 +18,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -75,6 +77,11 @@ def check_url(url: str) -> sqlalchemy.URL:
         ) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
         raise StorageError(f"storage backend {parsed.get_backend_name()!r} is not supported; use sqlite or postgresql")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StorageError(
+            f"storage {mask_url(url)!r} is an in-memory SQLite database, gone when the search ends and not shared"
+            " with its workers; give a file: sqlite:///studies/NAME.db"
+        )
     return parsed
 
 
@@ -165,11 +172,32 @@ def _schema_lock(url: str) -> Iterator[None]:
         engine.dispose()
 
 
+# The package that gives SQLAlchemy each driver (its default for a bare backend name first).
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "mysqldb": "mysqlclient",
+                   "pymysql": "pymysql", "mysqlconnector": "mysql-connector-python", "asyncpg": "asyncpg"}
+
+
+def mask_password(text: str, url: str) -> str:
+    """`text` with the URL's password field masked wherever the URL or a `password=` item shows
+    it; the password's letters elsewhere are left alone (masking every occurrence of a short
+    password would mangle the text and reveal the password by what it hides)."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: nothing parsed to mask
+        return text
+    if not parsed.password:
+        return text
+    secret = str(parsed.password)
+    text = text.replace(url, mask_url(url))
+    for shown in (f":{secret}@", f":{quote(secret, safe='')}@"):
+        text = text.replace(shown, ":***@")
+    return re.sub(rf"(password\s*=\s*['\"]?){re.escape(secret)}(?=['\"\s]|$)", r"\1***", text)
+
+
 def _reason(exc: BaseException, url: str) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     parsed = make_url(url)
-    if parsed.password:
-        text = text.replace(str(parsed.password), "***")
+    text = mask_password(text, url).rstrip(". ")
     if "password authentication failed" in text:
         return f"{text}. Check the user and password in the URL (or $LENET_HPO_STORAGE)."
     if "does not exist" in text and ("database" in text or "role" in text):
@@ -179,7 +207,9 @@ def _reason(exc: BaseException, url: str) -> str:
     if "Connection refused" in text or "could not connect" in text or "timeout" in text.lower():
         return f"{text}. Is the database server running and reachable? (`make up` starts one with Docker)"
     if isinstance(exc, ImportError):
-        return f"{text}. Install the driver: pip install 'psycopg[binary]'"
+        driver = parsed.get_driver_name()
+        package = DRIVER_PACKAGES.get(driver, driver)
+        return f"{text}. Install the driver {driver!r} that the URL asks for: pip install '{package}'"
     return text
 
 
