@@ -4,6 +4,7 @@ RUNNING).  Each `search` process stands for one machine.  Every test that makes 
 on both runs on both (`storage_url`); on PostgreSQL each test creates and drops its
 own database (see `postgres_url` in conftest.py).  Figures: see docs/reliability.md."""
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -148,6 +150,47 @@ def test_interrupted_search_leaves_nothing_running_and_a_rerun_finishes(storage_
 
 
 @postgres
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited
+
+
+def test_workers_stop_within_a_heartbeat_when_the_search_is_killed_and_a_rerun_finishes_exactly(
+    storage_url, tmp_path
+):
+    study = write_fleet_study(tmp_path, "orphan", slow=True)
+    argv = search_argv(study, storage_url, 4, workers=2, heartbeat=2)
+    watch, log = Watch(storage_url, "orphan"), tmp_path / "orphan.log"
+    proc, workers = start(argv, log), []
+    try:
+        wait_for("a trial in training", watch.mid_trial, procs=(proc,))
+        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2, children
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only: its workers are re-parented
+        killed_at = time.monotonic()
+        wait_for("the workers to stop", lambda: not any(alive(w) for w in workers), timeout=2 + 10)
+        stopped_after = time.monotonic() - killed_at
+        left = [t for t in watch.trials() if t.state == TrialState.RUNNING]
+        assert left == [], [(t.number, t.user_attrs.get("worker")) for t in left]  # failed on the way out
+    finally:
+        stop(proc)
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+    assert stopped_after < 2 + 1, stopped_after  # within one heartbeat interval (2 s) of the kill, and a margin
+    rerun = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    figures = watch.figures(4)
+    assert_exact(figures)
+    every_failure_retried(watch.trials())
+    record(f"SIGKILL of the search's main process ({backend(storage_url)})", workers=2,
+           seconds_to_stop=round(stopped_after, 1), **figures)
+
+
 def test_workers_survive_terminated_connections(postgres_url, tmp_path):
     study = write_fleet_study(tmp_path, "drop")
     log = tmp_path / "search.log"

@@ -41,6 +41,7 @@ from lenet_hpo.train import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
+PARENT_CHECK_S = 0.5  # how often a worker process checks that the search that started it is alive
 MAX_STORAGE_RETRIES = 8  # consecutive failed rounds (backoff 1, 2, 4 ... 30 s) before a worker gives up
 
 
@@ -239,8 +240,18 @@ def _interrupt_once(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _worker_process(args: WorkerArgs) -> None:
+def _watch_parent(parent: int, every: float = PARENT_CHECK_S) -> None:
+    """Interrupt this worker process once its parent is gone (killed, even with -9): it then
+    fails its trial, which is retried, and exits, as on Ctrl-C; no worker goes on unsupervised."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    log.warning("worker %s: the search that started it is gone; stopping", os.getpid())
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _worker_process(args: WorkerArgs, parent: int) -> None:
     signal.signal(signal.SIGINT, _interrupt_once)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -257,7 +268,7 @@ def run_processes(args: WorkerArgs, n_workers: int, study: optuna.Study) -> None
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for k in range(n_workers):
-        p = ctx.Process(target=_worker_process, args=(args,), name=f"lenet-hpo-worker-{k}")
+        p = ctx.Process(target=_worker_process, args=(args, os.getpid()), name=f"lenet-hpo-worker-{k}")
         p.start()
         procs.append(p)
     try:
