@@ -56,6 +56,10 @@ report: venv  ## write reports/STUDY/report.html and report.md
 test: data  ## run the test suite (fast synthetic tests, real MNIST and PostgreSQL tests)
 	$(PY) -m pytest -q
 
+.PHONY: test-fast
+test-fast: data  ## the tests not marked slow (no multi-process reliability runs): under 2 minutes
+	$(PY) -m pytest -q -m "not slow"
+
 .PHONY: lint
 lint: venv  ## ruff check
 	$(VENV)/bin/ruff check .

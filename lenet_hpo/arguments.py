@@ -113,3 +113,14 @@ def add_json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+
+
+def output_dir(text: str) -> Path:
+    """A folder outputs go to (made when missing), refused now if it cannot be."""
+    from lenet_hpo.errors import ConfigError
+    from lenet_hpo.files import check_output_dir
+
+    try:
+        return check_output_dir(Path(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -26,6 +26,7 @@ from lenet_hpo.arguments import (
     float_range,
     int_range,
     load_dataset,
+    output_dir,
 )
 from lenet_hpo.config import PRECISIONS
 from lenet_hpo.errors import LenetHpoError
@@ -59,7 +60,7 @@ def command(name: str, arguments: Arguments) -> Callable[[Handler], Handler]:
 
 def data_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
-    p.add_argument("--export", type=Path, default=None, metavar="FOLDER",
+    p.add_argument("--export", type=output_dir, default=None, metavar="FOLDER",
                    help="also write training images as PNG files in FOLDER/<class>/: a folder dataset to try")
     p.add_argument("--per-class", type=int_range(1), default=200, help="images per class for --export (default: 200)")
     add_json_arg(p)
@@ -99,7 +100,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; bf16: forward passes under bfloat16 autocast; auto: bf16 on a CPU with native bfloat16,"
                         " else fp32 (default: fp32)")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="checkpoint directory (default: runs/)")
+    p.add_argument("--out", type=output_dir, default=Path("runs"), help="checkpoint directory (default: runs/)")
     add_json_arg(p)
 
 
@@ -109,9 +110,11 @@ def train_command(args: argparse.Namespace) -> int:
 
     Train a config on train+validation and evaluate on the official test split; saves a checkpoint.
     """
+    from lenet_hpo.files import check_output_dir
     from lenet_hpo.final import config_named_or_file, train_final
     from lenet_hpo.train import resolve_device
 
+    check_output_dir(args.out, "--out")  # the default too: a run is never thrown away for want of a folder
     name, cfg = config_named_or_file(args.config)
     changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     cfg = cfg.replace(**changes)
@@ -316,7 +319,7 @@ def retrain_best_command(args: argparse.Namespace) -> int:
 
 def report_arguments(p: argparse.ArgumentParser) -> None:
     add_study_args(p)
-    p.add_argument("--out", type=Path, default=None, help="reports directory (default: reports/)")
+    p.add_argument("--out", type=output_dir, default=None, help="reports directory (default: reports/)")
     add_data_dir_arg(p)
     p.add_argument("--threads", type=int_range(1, 1024), default=None, help="torch CPU threads (default: all cores)")
     add_json_arg(p)
@@ -351,7 +354,9 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
                        help="a checkpoint file (.pt) written by lenet-hpo")
     which.add_argument("--study", default="mnist", metavar="NAME",
                        help="use the best retrained model of this study (name or .toml file):"
-                            " studies/NAME/retrain/best-seed<k>.pt, lowest k (default: mnist)")
+                            " studies/NAME/<key>/retrain/best-seed<k>.pt, lowest k (default: mnist)")
+    p.add_argument("--storage", default=None,
+                   help="the study's storage (default: $LENET_HPO_STORAGE, else sqlite:///studies/NAME.db)")
     p.add_argument("--dataset", type=dataset_name, default=None, metavar="NAME",
                    help="refuse a model trained on another dataset (mnist, fashion-mnist, cifar10, synthetic)")
     p.add_argument("--top", type=int_range(1), default=3, metavar="K",
@@ -371,7 +376,9 @@ def predict_command(args: argparse.Namespace) -> int:
     from lenet_hpo.predict import open_checkpoint, predict_images
     from lenet_hpo.search.studyfile import study_name
 
-    path, ckpt = open_checkpoint(args.checkpoint, study=study_name(args.study), dataset=args.dataset)
+    path, ckpt = open_checkpoint(
+        args.checkpoint, study=study_name(args.study), url=args.storage, dataset=args.dataset
+    )
     predictions = predict_images(ckpt, args.images, top=args.top)
     if args.json:
         console.print_json(

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
+from lenet_hpo.errors import printable
+
 if TYPE_CHECKING:  # annotations only: `--help` does not wait for torch and optuna to load
     from optuna.trial import FrozenTrial
 
@@ -272,5 +274,6 @@ def data_summary(data: Dataset) -> list[str]:
 
 def prediction_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
     """Rows of (image, label, probability, top k), the first one the header; aligned columns."""
+    rows = [(printable(r[0]), *r[1:]) for r in rows]  # an image's name cannot forge a row
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]

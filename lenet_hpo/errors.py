@@ -59,3 +59,10 @@ def experimental_used_knowingly() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         yield
+
+
+def printable(text: object) -> str:
+    """`text` as it may be shown on a line of its own: a name holding a newline or another
+    control character is shown escaped (as Python writes it), so it cannot forge output lines."""
+    s = str(text)
+    return s if s.isprintable() else ascii(s)[1:-1]

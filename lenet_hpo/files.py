@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lenet_hpo.errors import ConfigError
+
 STUDIES_DIR = Path("studies")  # study files; each study's SQLite database and retrain runs beside them
 REPORTS_DIR = Path("reports")
 RUNS_DIR = Path("runs")  # checkpoints of `train`
@@ -24,6 +26,19 @@ def cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lenet-hpo"
+
+
+def check_output_dir(path: Path, what: str = "output folder") -> Path:
+    """`path` can be the folder outputs go to: it is a folder, or can be made in a writable one.
+    Checked before any work starts, so a run is never thrown away for want of a place to save it."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder; give a folder (it is made when missing)")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder; give a folder (it is made when missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write in {existing}; give a folder you can write to")
+    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from PIL import Image, ImageOps
 
 from lenet_hpo.acquire import DATASETS, Tensors, read_cache, write_cache
-from lenet_hpo.errors import ConfigError, DataError
+from lenet_hpo.errors import ConfigError, DataError, printable
 from lenet_hpo.files import atomic_write_text
 from lenet_hpo.splits import stratified_split
 
@@ -146,12 +147,18 @@ def flatten(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode not in ("L", "RGB") else img
 
 
+class TooLargeError(ValueError):
+    """An image with more pixels than MAX_PIXELS: refused before it is decoded."""
+
+
 def _open(path: Path) -> Image.Image:
-    with Image.open(path) as img:
+    with warnings.catch_warnings():
+        # The size is checked below, with a message of ours; PIL's own warning would only repeat it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
         if img.width * img.height > MAX_PIXELS:
-            raise DataError(
-                f"{path}: {img.width}x{img.height} pixels is more than {MAX_PIXELS:,}; shrink the image first"
-            )
+            raise TooLargeError(f"{img.width}x{img.height} pixels, more than {MAX_PIXELS:,}: shrink it first")
         img.load()  # a truncated file fails here
         return flatten(ImageOps.exif_transpose(img))
 
@@ -198,7 +205,8 @@ def _decode_all(s: FolderScan, options: FolderOptions, max_bytes: int) -> tuple[
         try:
             img = _open(path)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            bad.append(f"{path.relative_to(s.root)} ({type(exc).__name__})")
+            why = str(exc) if isinstance(exc, TooLargeError) else type(exc).__name__
+            bad.append(f"{printable(path.relative_to(s.root))} ({why})")
             continue
         gray = gray and (options.channels is not None or is_gray(img))
         for c in kinds:

@@ -52,7 +52,8 @@ from lenet_hpo.checkpoint import Checkpoint, load_checkpoint
 from lenet_hpo.data import scale_input, to_32
 from lenet_hpo.errors import CheckpointError, ConfigError, ImageError
 from lenet_hpo.folders import flatten, to_side
-from lenet_hpo.search.studies import retrain_dir
+from lenet_hpo.search.storage import resolve_url
+from lenet_hpo.search.studies import open_study, retrain_dir
 from lenet_hpo.search.studyfile import load_spec, study_path
 from lenet_hpo.train import predict_logits
 
@@ -250,9 +251,10 @@ def model_input(image: Image.Image, meta: dict[str, Any], input_norm: str = "sta
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def best_retrained(study: str, studies_dir: Path | None = None) -> Path:
-    """The study's retrained best config with the lowest seed: `studies/<study>/retrain/best-seed<k>.pt`."""
-    folder = retrain_dir(study, studies_dir)
+def best_retrained(study: str, url: str | None = None, studies_dir: Path | None = None) -> Path:
+    """The study's retrained best config with the lowest seed (`studies/<study>/<key>/retrain/best-seed<k>.pt`),
+    of the study in `url` (default: the study's SQLite file or $LENET_HPO_STORAGE)."""
+    folder = retrain_dir(open_study(study, resolve_url(url, study)), studies_dir)
     found = []
     if folder.is_dir():
         for p in folder.iterdir():
@@ -262,7 +264,7 @@ def best_retrained(study: str, studies_dir: Path | None = None) -> Path:
     if not found:
         raise CheckpointError(
             f"study {study!r} has no retrained model ({folder}/best-seed<k>.pt);"
-            f" run `python -m lenet_hpo retrain-best --study {study}` first, or give --checkpoint FILE"
+            f" run `python -m lenet_hpo retrain-best --study {study}` first (same --storage), or give --checkpoint FILE"
         )
     return min(found)[1]
 
@@ -276,6 +278,7 @@ def open_checkpoint(
     checkpoint: str | Path | None = None,
     *,
     study: str = "mnist",
+    url: str | None = None,
     dataset: str | None = None,
     studies_dir: Path | None = None,
 ) -> tuple[Path, Checkpoint]:
@@ -284,7 +287,7 @@ def open_checkpoint(
     The model must have been trained on `dataset` when one is given, and on the
     study's dataset when the model comes from the study.
     """
-    path = Path(checkpoint) if checkpoint is not None else best_retrained(study, studies_dir)
+    path = Path(checkpoint) if checkpoint is not None else best_retrained(study, url, studies_dir)
     ckpt = load_checkpoint(path)  # weights_only=True
     missing = [k for k in META_KEYS if k not in ckpt.data]
     if missing:

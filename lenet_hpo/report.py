@@ -26,7 +26,7 @@ from lenet_hpo import confidence
 from lenet_hpo.checkpoint import load_checkpoint
 from lenet_hpo.confidence import Confidence, how_sure
 from lenet_hpo.data import Dataset, scale_input
-from lenet_hpo.files import REPORTS_DIR, atomic_write_text
+from lenet_hpo.files import REPORTS_DIR, atomic_write_text, check_output_dir
 from lenet_hpo.page import html_page, markdown_page, pct
 from lenet_hpo.retrain import RetrainResult, load_result
 from lenet_hpo.search.space import check_name
@@ -342,7 +342,8 @@ def build_report(
     check_name(study_name, "report")
     stored = open_study(study_name, url)
     study = stored.study
-    result = load_result(study_name, studies_dir)
+    result = load_result(stored, studies_dir)
+    out = check_output_dir((out_dir or REPORTS_DIR) / study_name / stored.key)  # never another study's report
     data = stored.spec().load_data(data_dir)
     ev = _evidence(result, data)
     conf = how_sure(result, stored)
@@ -351,7 +352,6 @@ def build_report(
         accuracy_figure(result), learning_curves_figure(ev.histories),
         confusion_figure(ev.confusions, list(data.classes)), *search_figures(study), pareto_figure(study),
     ]
-    out = (out_dir or REPORTS_DIR) / study_name
     out.mkdir(parents=True, exist_ok=True)
     verdict = conf.comparison.verdict
     differ, shared = config_table({role: m.config for role, m in result.models.items()})

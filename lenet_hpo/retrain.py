@@ -38,10 +38,11 @@ import torch
 from lenet_hpo.config import TrialConfig
 from lenet_hpo.data import Dataset
 from lenet_hpo.errors import ConfigError, StudyError
-from lenet_hpo.files import atomic_write_text
+from lenet_hpo.files import atomic_write_text, check_output_dir
 from lenet_hpo.final import FinalRun, RunCache, correctness, named_config, train_final
 from lenet_hpo.search.space import StudySpec, config_from_params
-from lenet_hpo.search.studies import best_trials, open_study, retrain_dir
+from lenet_hpo.search.storage import mask_url
+from lenet_hpo.search.studies import StoredStudy, best_trials, open_study, retrain_dir
 from lenet_hpo.stats import BootstrapResult, Comparison, compare, paired_bootstrap, summarize, with_test_set
 from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
 
@@ -112,6 +113,7 @@ class RetrainResult:
     # The verdict's bootstrap replicates (tuned minus the first baseline), kept for its figure;
     # empty where the runs' test predictions were not kept.
     test_set_differences: tuple[float, ...] = ()
+    source: dict[str, Any] | None = None  # the study it came from (`StoredStudy.identity`)
 
     @property
     def baselines(self) -> list[str]:
@@ -131,7 +133,8 @@ class RetrainResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (`--json`, summary.json): each model under its role, and the first
         comparison again as `difference`."""
-        head = {k: getattr(self, k) for k in ("study", "trial", "search_value", "top_k", "rescored", "epochs")}
+        keys = ("study", "source", "trial", "search_value", "top_k", "rescored", "epochs")
+        head = {k: getattr(self, k) for k in keys}
         return {
             **head,
             "n_seeds": self.n_seeds,
@@ -163,6 +166,7 @@ class RetrainResult:
             comparisons={name: Comparison.from_dict(c) for name, c in d["comparisons"].items()},
             results_csv=d["results_csv"],
             test_set_differences=tuple(d.get("test_set_differences", ())),
+            source=d.get("source"),
         )
 
 
@@ -325,6 +329,7 @@ def retrain_best(
     study, spec = stored.study, stored.spec()
     dev = resolve_device(device)
     precision = precision or spec.precision
+    out = check_output_dir(retrain_dir(stored, studies_dir), "retrain folder")
     data = spec.load_data(data_dir)
     chosen = select_best(
         study, spec, data, top_k=top_k, seeds=seeds, device=dev, precision=precision, on_epoch=on_epoch
@@ -332,7 +337,6 @@ def retrain_best(
     for cfg in (chosen.config, *base_cfgs.values()):
         resolve_precision(precision, cfg, dev)  # an impossible precision fails before the first run
     roles = {role: cfg.replace(epochs=budget) for role, cfg in {"best": chosen.config, **base_cfgs}.items()}
-    out = retrain_dir(study_name, studies_dir)
     meta = {"trial": chosen.trial, "study": study_name}
     jobs = [Job(role, cfg.replace(seed=s), out, str(dev), precision, meta, use_cache and role != "best")
             for s in range(seeds) for role, cfg in roles.items()]
@@ -351,7 +355,7 @@ def retrain_best(
             done(run_job(job, data, on_epoch))
     else:
         _run_in_pool(jobs, spec, data_dir, n_workers, on_epoch, done)
-    return _conclude(study_name, chosen, roles, runs, out, data, seeds)
+    return _conclude(stored, chosen, roles, runs, out, data, seeds)
 
 
 def epoch_budget(baselines: tuple[str, ...], epochs: int | None = None) -> int:
@@ -376,7 +380,7 @@ def comparison(tuned: ModelResult, base: ModelResult, name: str) -> tuple[Compar
 
 
 def _conclude(
-    study_name: str, chosen: Selection, roles: dict[str, TrialConfig], runs: list[FinalRun], out: Path,
+    stored: StoredStudy, chosen: Selection, roles: dict[str, TrialConfig], runs: list[FinalRun], out: Path,
     data: Dataset, seeds: int,
 ) -> RetrainResult:
     """Tables, statistics and the result, written to results.csv and summary.json."""
@@ -386,7 +390,7 @@ def _conclude(
     compared = {name: comparison(models["best"], models[name], name) for name in list(roles)[1:]}
     test_set = next(iter(compared.values()))[1]
     result = RetrainResult(
-        study=study_name,
+        study=stored.study.study_name,
         trial=chosen.trial,
         search_value=chosen.search_value,
         top_k=chosen.top_k,
@@ -398,16 +402,22 @@ def _conclude(
         comparisons={name: c for name, (c, _) in compared.items()},
         results_csv=str(out / "results.csv"),
         test_set_differences=tuple(test_set.differences.tolist()) if test_set is not None else (),
+        source=stored.identity,
     )
     atomic_write_text(out / "summary.json", json.dumps(result.record(), indent=2))
     return result
 
 
-def load_result(study_name: str, studies_dir: Path | None = None) -> RetrainResult:
-    path = retrain_dir(study_name, studies_dir) / "summary.json"
+def load_result(stored: StoredStudy, studies_dir: Path | None = None) -> RetrainResult:
+    """The retrain-best result of exactly this study; another study's (same name, other storage
+    or made again) is refused."""
+    path = retrain_dir(stored, studies_dir) / "summary.json"
+    name = stored.study.study_name
     if not path.exists():
         raise StudyError(
-            f"no retrain results for study {study_name!r} ({path});"
-            f" run `python -m lenet_hpo retrain-best --study {study_name}` first"
+            f"no retrain results for study {name!r} in {mask_url(stored.url)} ({path});"
+            f" run `python -m lenet_hpo retrain-best --study {name}` first (with the same --storage)"
         )
-    return RetrainResult.from_dict(json.loads(path.read_text()))
+    result = RetrainResult.from_dict(json.loads(path.read_text()))
+    stored.check_outputs(result.source, path)
+    return result

@@ -42,3 +42,14 @@ def write_study(directory: Path, name: str, **tables: dict[str, Any] | None) -> 
     path = directory / f"{name}.toml"
     path.write_text(study_text(**tables))
     return path
+
+
+def stored_study(url: str, name: str, study_file: str = '[study]\ndataset = "mnist"\n'):
+    """An empty study in `url` with `study_file` recorded, as `search` creates it; its StoredStudy."""
+    import optuna
+
+    from lenet_hpo.search.studies import open_study, write_record
+
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    write_record(study._storage, name, "study_file", study_file)
+    return open_study(name, url)

@@ -263,6 +263,36 @@ def test_bad_command_line_values_exit_2_before_anything_is_written(workdir, caps
     assert written(workdir) == []
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--dataset", "synthetic", "--epochs", "1", "--out", "taken"],
+        ["train", "--dataset", "synthetic", "--epochs", "1"],  # the default folder, runs/, is a file here
+        ["data", "--dataset", "synthetic", "--export", "taken"],
+        ["report", "--study", "s", "--out", "taken"],
+        ["data", "--dataset", "synthetic", "--export", "taken/inside"],
+    ],
+)
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(workdir, capsys, argv):
+    (workdir / "taken").write_text("keep me")
+    (workdir / "runs").write_text("keep me too")
+    code = None
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a folder; give a folder" in err and "Traceback" not in err
+    assert written(workdir) == ["runs", "taken"]
+    assert (workdir / "taken").read_text() == "keep me"
+
+
+def test_retrain_best_without_a_baseline_is_refused_before_any_work(workdir, capsys):
+    assert main(["retrain-best", "--study", "s", "--baselines", ","]) == 2
+    assert "baselines: name at least one" in capsys.readouterr().err
+    assert written(workdir) == []
+
+
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", "/etc/passwd"])
 def test_study_and_report_names_with_path_parts(workdir, capsys, name):
     with pytest.raises(StudyError, match="report name .* is not allowed"):

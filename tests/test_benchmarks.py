@@ -32,6 +32,7 @@ def test_every_benchmark_study_loads_with_the_baseline_in_its_space(path):
     assert params_for(BASELINE, load_spec(str(path))) is not None
 
 
+@pytest.mark.slow
 def test_side_by_side_reports_each_run_and_the_ratio(tmp_path, monkeypatch, capsys):
     a = write_study(tmp_path, "a", study=SYNTHETIC, fixed=FAST_FIXED, space=C1_LR)
     # b stops every trial after its first epoch: half the epochs of a, and no best trial

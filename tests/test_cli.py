@@ -6,6 +6,7 @@ import time
 import urllib.request
 
 import optuna
+import pytest
 import torch
 from fleet import env as fleet_env
 from fleet import free_port, write_fleet_study
@@ -110,6 +111,7 @@ def test_dashboard_warns_when_bound_beyond_loopback(tmp_path, capsys):
     assert "no study database" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_dashboard_shows_the_metric_name(tmp_path, chromium):
     """A study page in headless Chromium says val_accuracy, not "Objective 0"."""
     from lenet_hpo.search import run_search

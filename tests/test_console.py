@@ -1,3 +1,4 @@
+
 """What a person sees: a search's log on a terminal, in a log file, and as JSON lines."""
 
 import io
@@ -5,6 +6,7 @@ import json
 import subprocess
 
 import optuna
+import pytest
 from fleet import env, search_argv, write_fleet_study
 from optuna.trial import TrialState, create_trial
 
@@ -60,6 +62,7 @@ def test_json_lines_one_object_per_event():
     assert events[2]["eta_s"] == 486 and events[3]["best_value"] == 0.993
 
 
+@pytest.mark.slow
 def test_a_search_with_stderr_in_a_file_writes_lines_not_a_bar(tmp_path):
     study = write_fleet_study(tmp_path, "logged")
     url = f"sqlite:///{tmp_path / 'logged.db'}"

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import warnings
 
 import numpy as np
 import optuna
@@ -167,8 +169,17 @@ def test_unreadable_images_are_named_and_can_be_skipped(folder, tmp_path):
 
 def test_too_large_or_too_many_images_are_refused(folder, tmp_path):
     Image.new("L", (7000, 7000)).save(folder / "alpha" / "huge.png")
-    refused(folder, tmp_path, "huge.png: 7000x7000 pixels is more than 40,000,000; shrink the image first")
+    refused(folder, tmp_path, r"alpha/huge.png \(7000x7000 pixels, more than 40,000,000: shrink it first\)")
     (folder / "alpha" / "huge.png").unlink()
+    Image.new("1", (10_000, 10_000)).save(folder / "alpha" / "bomb.png")  # past PIL's own warning limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw DecompressionBombWarning reaches the user
+        refused(folder, tmp_path, r"alpha/bomb.png \(10000x10000 pixels")
+        ok = load_data(str(folder), data_dir=tmp_path / "data", folder=FolderOptions(skip_bad=True))
+    skipped = ["alpha/bomb.png (10000x10000 pixels, more than 40,000,000: shrink it first)"]
+    assert ok.meta()["source"]["skipped"] == skipped
+    (folder / "alpha" / "bomb.png").unlink()
+    shutil.rmtree(tmp_path / "data")
     with pytest.raises(DataError, match=r"80 images would take more than 0 MiB decoded \(32x32 each\); use a subset"):
         load_folder(folder, FolderOptions(), tmp_path / "data", max_bytes=1000)
     assert listing(tmp_path / "data") == []

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from lenet_hpo.search import layout
@@ -11,6 +12,7 @@ def test_candidates_split_the_cores():
     assert layout.candidates(6) == [(1, 6), (2, 3), (3, 2), (6, 1)]
 
 
+@pytest.mark.slow
 def test_measure_runs_processes_side_by_side():
     rate = layout.measure(2, 1, seconds=0.3)
     assert rate > 100  # samples/s of two processes together

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from studyfiles import stored_study
 
 from benchmarks.rendered_digits import Variation, find_fonts, render_digit, sample_digits, write_samples
 from lenet_hpo import predict as P
@@ -12,8 +13,9 @@ from lenet_hpo.checkpoint import load_checkpoint, save_checkpoint
 from lenet_hpo.cli import main
 from lenet_hpo.config import BASELINE
 from lenet_hpo.data import load_data, scale_input, to_32
-from lenet_hpo.errors import CheckpointError, ImageError
+from lenet_hpo.errors import CheckpointError, ImageError, StorageError
 from lenet_hpo.model import build_model
+from lenet_hpo.search.studies import retrain_dir
 from lenet_hpo.train import train
 
 FAST = BASELINE.replace(activation="relu", pooling="max", optimizer="adam", lr=3e-3, batch_size=64, epochs=3)
@@ -215,8 +217,12 @@ def test_blank_image_has_no_ink(tmp_path, ckpt_file, colour):
 def test_checkpoint_errors(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         P.open_checkpoint(tmp_path / "nope.pt")
+    url = f"sqlite:///{tmp_path / 'digits.db'}"
+    with pytest.raises(StorageError, match=r"no study database at .*digits.db; run `python -m lenet_hpo search`"):
+        P.open_checkpoint(study="digits", url=url, studies_dir=tmp_path)
+    stored_study(url, "digits")
     with pytest.raises(CheckpointError, match=r"run `python -m lenet_hpo retrain-best --study digits` first"):
-        P.open_checkpoint(study="digits", studies_dir=tmp_path)
+        P.open_checkpoint(study="digits", url=url, studies_dir=tmp_path)
     write_checkpoint(tmp_path / "fashion.pt", dataset="fashion-mnist")
     with pytest.raises(CheckpointError, match="trained on fashion-mnist, but --dataset asks for mnist"):
         P.open_checkpoint(tmp_path / "fashion.pt", dataset="mnist")
@@ -228,22 +234,28 @@ def test_checkpoint_errors(tmp_path, monkeypatch):
 
 
 def test_study_model_must_match_the_study_dataset(tmp_path):
-    retrain = tmp_path / "digits" / "retrain"
+    url = f"sqlite:///{tmp_path / 'digits.db'}"
+    retrain = retrain_dir(stored_study(url, "digits"), tmp_path)
     retrain.mkdir(parents=True)
     write_checkpoint(retrain / "best-seed0.pt", dataset="fashion-mnist")
     (tmp_path / "digits.toml").write_text('[study]\ndataset = "mnist"\n')
     with pytest.raises(CheckpointError, match="trained on fashion-mnist, but study 'digits' used mnist"):
-        P.open_checkpoint(study="digits", studies_dir=tmp_path)
+        P.open_checkpoint(study="digits", url=url, studies_dir=tmp_path)
     (tmp_path / "digits.toml").write_text('[study]\ndataset = "fashion-mnist"\n')
-    assert P.open_checkpoint(study="digits", studies_dir=tmp_path)[0] == retrain / "best-seed0.pt"
+    assert P.open_checkpoint(study="digits", url=url, studies_dir=tmp_path)[0] == retrain / "best-seed0.pt"
 
 
-def test_best_retrained_is_the_lowest_seed(tmp_path):
-    retrain = tmp_path / "mnist" / "retrain"
+def test_best_retrained_is_the_lowest_seed_of_this_very_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'mnist.db'}"
+    retrain = retrain_dir(stored_study(url, "mnist"), tmp_path)
     retrain.mkdir(parents=True)
     for name in ("best-seed10.pt", "best-seed2.pt", "best-seed3.pt.tmp", "other-seed0.pt"):
         (retrain / name).write_bytes(b"")
-    assert P.best_retrained("mnist", tmp_path) == retrain / "best-seed2.pt"
+    assert P.best_retrained("mnist", url, tmp_path) == retrain / "best-seed2.pt"
+    other = f"sqlite:///{tmp_path / 'other.db'}"  # a study of the same name elsewhere has none
+    stored_study(other, "mnist")
+    with pytest.raises(CheckpointError, match="has no retrained model"):
+        P.best_retrained("mnist", other, tmp_path)
 
 
 def test_three_channel_model_takes_grayscale_and_colour_pictures(tmp_path):
@@ -304,11 +316,16 @@ def test_cli_json(capsys, ckpt_file, images):
 def test_cli_uses_the_best_retrained_model_of_the_study(capsys, tmp_path, images, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "predict", images / "one.bmp")
+    assert code == 1 and "no study database at studies/mnist.db" in err
+    (tmp_path / "studies").mkdir()
+    stored = stored_study("sqlite:///studies/mnist.db", "mnist")
+    code, _, err = run(capsys, "predict", images / "one.bmp")
     assert code == 1 and "run `python -m lenet_hpo retrain-best --study mnist` first" in err
-    (tmp_path / "studies" / "mnist" / "retrain").mkdir(parents=True)
-    write_checkpoint(tmp_path / "studies" / "mnist" / "retrain" / "best-seed0.pt")
+    retrain = retrain_dir(stored)
+    retrain.mkdir(parents=True)
+    write_checkpoint(retrain / "best-seed0.pt")
     code, out, _ = run(capsys, "predict", images / "one.bmp", "--json")
-    assert code == 0 and json.loads(out)["checkpoint"] == "studies/mnist/retrain/best-seed0.pt"
+    assert code == 0 and json.loads(out)["checkpoint"] == f"studies/mnist/{stored.key}/retrain/best-seed0.pt"
 
 
 def test_cli_errors(capsys, tmp_path, ckpt_file, images):

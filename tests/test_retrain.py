@@ -1,16 +1,20 @@
 import json
 import os
+import shutil
+from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from scipy import stats as st
+from studyfiles import stored_study
 
 from lenet_hpo.checkpoint import load_checkpoint
 from lenet_hpo.cli import main
 from lenet_hpo.config import BASELINE
 from lenet_hpo.errors import StudyError
 from lenet_hpo.retrain import RetrainResult, load_result, retrain_best
+from lenet_hpo.search.studies import open_study, retrain_dir
 from lenet_hpo.train import resolve_precision
 
 
@@ -37,12 +41,12 @@ def test_retrain_best_is_fair_and_complete(retrained):
     assert r.models["best"].precision == r.models["baseline"].precision == expected
     d = r.difference
     assert d.test == "paired t-test" and 0 <= d.p_value <= 1 and d.verdict
-    assert (root / "studies" / "s" / "retrain" / "results.csv").read_text().count("\n") == 7
+    assert Path(r.results_csv).read_text().count("\n") == 7 and Path(r.results_csv).parent.name == "retrain"
 
 
 def test_the_result_round_trips_through_its_json(retrained):
     root, _, r = retrained
-    assert load_result("s", root / "studies") == r
+    assert load_result(open_study("s", retrained[1]), root / "studies") == r
     assert RetrainResult.from_dict(json.loads(json.dumps(r.record()))) == r
     assert "test_set_differences" not in r.to_dict()  # --json prints the statistics, not 10,000 replicates
 
@@ -98,10 +102,11 @@ def test_retrain_cli_json(searched, tmp_path, monkeypatch, capsys):
     d = out["difference"]  # with the test set's noise too, in fractions like the rest
     assert d["test_set_ci95"][0] <= d["difference"] <= d["test_set_ci95"][1] and 0 <= d["prob_improvement"] <= 1
     assert [m["seed"] for m in d["mcnemar"]] == [0, 1] and out["comparisons"]["baseline"] == d
-    assert (tmp_path / "studies" / "s" / "retrain" / "best-seed1.pt").exists()
-    assert (tmp_path / "studies" / "s" / "retrain" / "best-seed1.predictions.csv.gz").exists()
+    folder = Path(out["results_csv"]).parent
+    assert (folder / "best-seed1.pt").exists() and (folder / "best-seed1.predictions.csv.gz").exists()
 
 
+@pytest.mark.slow
 def test_progress_moves_every_epoch_of_every_run(searched, tmp_path):
     root, url, _ = searched
     events, runs = [], []
@@ -112,6 +117,7 @@ def test_progress_moves_every_epoch_of_every_run(searched, tmp_path):
     assert all(e.epochs == 2 for e in events) and len(runs) == 4 and {r.source for r in runs} == {"trained"}
 
 
+@pytest.mark.slow
 def test_a_second_retraining_takes_the_baseline_from_the_run_cache(retrained, tmp_path, monkeypatch, capsys):
     root, url, first = retrained
     monkeypatch.chdir(tmp_path)
@@ -126,3 +132,21 @@ def test_a_second_retraining_takes_the_baseline_from_the_run_cache(retrained, tm
     assert main([*argv, "--json"]) == 0  # in the working directory's studies/: the baseline from the cache again
     out = json.loads(capsys.readouterr().out)
     assert out["baseline"]["sources"] == ["cached"] * 3
+
+
+def test_a_same_named_study_on_another_storage_never_reads_these_results(retrained, tmp_path):
+    root, url, r = retrained
+    other = stored_study(f"sqlite:///{tmp_path / 'other.db'}", "s")  # `search --study s --storage B`
+    with pytest.raises(StudyError, match=r"no retrain results for study 's' in sqlite:///.*other.db"):
+        load_result(other, root / "studies")
+    here = open_study("s", url)
+    assert retrain_dir(other, root / "studies") != retrain_dir(here, root / "studies")
+    copied = retrain_dir(other, root / "studies")  # results copied by hand into the other study's folder
+    copied.mkdir(parents=True)
+    shutil.copy(Path(r.results_csv).parent / "summary.json", copied / "summary.json")
+    try:
+        with pytest.raises(StudyError, match="came from another study .*storage 'sqlite:///"):
+            load_result(other, root / "studies")
+    finally:
+        shutil.rmtree(copied.parent)
+    assert r.source == here.identity

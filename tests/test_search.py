@@ -120,6 +120,7 @@ def test_forced_prune_and_divergence_are_pruned_with_a_reason(study_file, tmp_pa
     assert all(t.user_attrs["outcome"] == "diverged" and "NaN" in t.user_attrs["fail_reason"] for t in trials)
 
 
+@pytest.mark.slow
 def test_two_workers_exactly_n_unique_none_running(study_file, tmp_path, storage_url):
     spec = load_spec(str(study_file()))
     url = storage_url
@@ -169,6 +170,7 @@ def test_cli_json_and_optuna_cli_lists_our_trials(study_file, tmp_path, capsys):
     assert sorted(r["number"] for r in rows) == [0, 1, 2] and all(r["state"] == "COMPLETE" for r in rows)
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_trials_as_one_at_a_time(study_file, tmp_path):
     """The same configs and seeds give the same metrics whether trials run one at a
     time or in parallel worker processes."""
@@ -299,6 +301,7 @@ def searched_source(tmp_path, trials=4):
     return url, best
 
 
+@pytest.mark.slow
 def test_a_warm_start_enqueues_the_best_trials_of_another_study_and_counts_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url, best = searched_source(tmp_path)
@@ -318,6 +321,7 @@ def test_a_warm_start_enqueues_the_best_trials_of_another_study_and_counts_them(
     assert again.n_complete == 6  # a rerun does not enqueue them twice
 
 
+@pytest.mark.slow
 def test_a_warm_start_into_a_narrower_space_names_what_it_leaves_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url, best = searched_source(tmp_path)
@@ -350,6 +354,7 @@ def test_a_warm_start_from_a_missing_study_says_so_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "studies").exists() and not list(tmp_path.glob("dst.db*"))
 
 
+@pytest.mark.slow
 def test_metric_names_and_short_user_attributes_for_the_optuna_cli(study_file, tmp_path, storage_url):
     path = study_file()
     url = storage_url

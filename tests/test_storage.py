@@ -42,6 +42,7 @@ from lenet_hpo.search.studyfile import load_spec
 from lenet_hpo.train import train
 
 postgres = pytest.mark.postgres
+pytestmark = pytest.mark.slow  # every test here runs searches as separate processes
 
 
 def backend(url):

@@ -4,6 +4,7 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
+from studyfiles import stored_study
 
 from lenet_hpo.errors import StudyError
 from lenet_hpo.search.studies import (
@@ -79,8 +80,15 @@ def test_open_study_names_the_studies_that_exist_and_reads_the_record(study):
     assert (spec.name, spec.dataset, spec.epochs) == ("s", "synthetic", 2)
 
 
-def test_retrain_dir_refuses_names_that_are_paths(tmp_path):
-    assert retrain_dir("mnist", tmp_path) == tmp_path / "mnist" / "retrain"
-    for bad in ("../x", "a/b", ".hidden"):
-        with pytest.raises(StudyError, match="is not allowed"):
-            retrain_dir(bad, tmp_path)
+def test_outputs_are_keyed_by_the_exact_study_and_other_studies_outputs_are_refused(tmp_path, monkeypatch):
+    a = stored_study(f"sqlite:///{tmp_path / 'a.db'}", "s")
+    b = stored_study(f"sqlite:///{tmp_path / 'b.db'}", "s")  # the same name on another storage
+    monkeypatch.chdir(tmp_path)
+    again = open_study("s", "sqlite:///a.db")  # the same file, written otherwise
+    assert retrain_dir(a, tmp_path) == tmp_path / "s" / a.key / "retrain"
+    assert a.key != b.key and again.key == a.key and again.identity == a.identity
+    a.check_outputs(a.identity, tmp_path / "summary.json")
+    with pytest.raises(StudyError, match=r"came from another study \(storage 'sqlite:///.*/a.db' there, 'sqlite:///"):
+        b.check_outputs(a.identity, tmp_path / "summary.json")
+    with pytest.raises(StudyError, match="does not say which study it came from"):
+        b.check_outputs(None, tmp_path / "summary.json")

@@ -67,6 +67,15 @@ def mask_url(url: str) -> str:
         return f"{head.split('://')[0]}://***@{tail}" if head else url
 
 
+def storage_identity(url: str) -> str:
+    """The storage as one text whichever way its URL was written: an SQLite file by its absolute
+    path; a server's URL without its password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"sqlite:///{path.expanduser().resolve()}"
+    return make_url(url).set(password=None).render_as_string(hide_password=False)
+
+
 def check_url(url: str) -> sqlalchemy.URL:
     try:
         parsed = make_url(url)

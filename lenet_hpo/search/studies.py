@@ -6,6 +6,8 @@ is already in a storage, without the search's worker machinery.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lenet_hpo.errors import StudyError
 from lenet_hpo.files import STUDIES_DIR
 from lenet_hpo.search.space import StudySpec, check_name
-from lenet_hpo.search.storage import mask_url, open_storage
+from lenet_hpo.search.storage import mask_url, open_storage, storage_identity
 from lenet_hpo.search.studyfile import parse_spec
 
 ROLE = "role"  # the user attribute that marks the enqueued baseline trial: the reference, never a candidate
@@ -54,6 +56,34 @@ class StoredStudy:
 
     study: optuna.Study
     record: dict[str, Any]
+    url: str = ""  # its storage
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes this study this one, whatever its name shares with others: its storage
+        (an SQLite file by its absolute path, no password), name, id there and study file."""
+        return {
+            "storage": storage_identity(self.url),
+            "study": self.study.study_name,
+            "study_id": self.study._study_id,
+            "study_file_sha256": hashlib.sha256(str(self.record.get("study_file", "")).encode()).hexdigest(),
+        }
+
+    @property
+    def key(self) -> str:
+        """A short digest of `identity`: the folder of this study's outputs."""
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:12]
+
+    def check_outputs(self, recorded: dict[str, Any] | None, what: Path) -> None:
+        """Refuse outputs (`what`) recorded for another study than this one, saying what differs."""
+        if recorded == self.identity:
+            return
+        if recorded is None:
+            raise StudyError(f"{what} does not say which study it came from (made by an older lenet-hpo);"
+                             f" run `python -m lenet_hpo retrain-best --study {self.study.study_name}` again")
+        here = self.identity
+        differ = [f"{k} {recorded.get(k)!r} there, {v!r} here" for k, v in here.items() if recorded.get(k) != v]
+        raise StudyError(f"{what} came from another study ({'; '.join(differ)}); run retrain-best for this one")
 
     def spec(self) -> StudySpec:
         """The study's own definition, as recorded when it was created."""
@@ -70,7 +100,8 @@ def open_study(study_name: str, url: str) -> StoredStudy:
     names = study_names(storage)
     if study_name not in names:
         raise StudyError(f"no study {study_name!r} in {mask_url(url)} (studies there: {', '.join(names) or 'none'})")
-    return StoredStudy(optuna.load_study(study_name=study_name, storage=storage), study_record(storage, study_name))
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return StoredStudy(study, study_record(storage, study_name), url)
 
 
 def is_baseline(trial: optuna.Trial | FrozenTrial) -> bool:
@@ -100,9 +131,10 @@ def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
     return sorted(trials, key=lambda t: (-t.values[0], t.number))[:k]
 
 
-def retrain_dir(study_name: str, studies_dir: Path | None = None) -> Path:
-    """Where `retrain-best` keeps a study's final runs: studies/<name>/retrain/."""
-    return (studies_dir or STUDIES_DIR) / check_name(study_name) / "retrain"
+def retrain_dir(stored: StoredStudy, studies_dir: Path | None = None) -> Path:
+    """Where `retrain-best` keeps a study's final runs: studies/<name>/<key>/retrain/, so two
+    studies of one name (on two storages, or made again) never share or mix them."""
+    return (studies_dir or STUDIES_DIR) / check_name(stored.study.study_name) / stored.key / "retrain"
 
 
 def search_values(study: optuna.Study) -> tuple[list[tuple[int, float, bool]], float | None]:
