@@ -50,7 +50,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), str(exc))
+        # torch's advice to load with weights_only=False is exactly what must not be done with such a file.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "weights_only" not in line]
+        detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(exc).__name__)
         if "global" not in detail.lower():
             raise CheckpointError(f"{path}: not a readable checkpoint ({detail})") from None
         raise CheckpointError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from lenet_hpo.arguments import (
     output_dir,
 )
 from lenet_hpo.config import PRECISIONS
-from lenet_hpo.errors import LenetHpoError
+from lenet_hpo.errors import ConfigError, LenetHpoError
 
 if TYPE_CHECKING:
     pass
@@ -220,9 +221,10 @@ def search_command(args: argparse.Namespace) -> int:
         log.done(summary)
     if args.json:
         console.print_json(summary.to_dict())
-        return 0
-    print("\n".join(console.search_summary(summary, args.study, args.storage is not None)))
-    return 0 if summary.best_number is not None else 1
+    else:
+        print("\n".join(console.search_summary(summary, args.study, args.storage is not None)))
+    # A search that completed trials succeeded, even where the only one is the baseline (--trials 1).
+    return 0 if summary.n_complete else 1
 
 
 def dashboard_arguments(p: argparse.ArgumentParser) -> None:
@@ -245,6 +247,13 @@ def dashboard_command(args: argparse.Namespace) -> int:
 
     url = resolve_url(args.storage, study_name(args.study))
     storage = open_storage(url, heartbeat=None, create=False)
+    try:  # a port already taken fails here, with a message, not inside the server
+        socket.create_server((args.host, args.port)).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve on {args.host}:{args.port} ({exc.strerror or exc}); is a dashboard running there"
+            " already? Give another --port"
+        ) from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: optuna-dashboard has no authentication; binding to {args.host} lets anyone who can reach"

@@ -289,6 +289,9 @@ def open_checkpoint(
     """
     path = Path(checkpoint) if checkpoint is not None else best_retrained(study, url, studies_dir)
     ckpt = load_checkpoint(path)  # weights_only=True
+    if not all(bool(torch.isfinite(w).all()) for w in ckpt.model.state_dict().values() if w.is_floating_point()):
+        raise CheckpointError(f"{path}: the model's weights are not finite (NaN or inf: its training diverged);"
+                              " retrain it with a lower learning rate, or give another checkpoint")
     missing = [k for k in META_KEYS if k not in ckpt.data]
     if missing:
         raise CheckpointError(f"{path}: the checkpoint lacks data.{missing[0]}; retrain it with this version")

@@ -16,6 +16,7 @@ import optuna
 import pytest
 from fleet import free_port, write_fleet_study
 from optuna.trial import TrialState
+from studyfiles import stored_study
 
 from lenet_hpo.cli import main
 from lenet_hpo.errors import StudyError
@@ -329,3 +330,27 @@ def test_a_study_where_every_trial_failed_explains_itself(workdir):
     assert "python -m lenet_hpo search --study f" in message
     with pytest.raises(StudyError, match="no study 'g' .*studies there: f"):
         open_study("g", url)
+
+
+def test_a_dashboard_on_a_port_in_use_says_so_instead_of_a_traceback(workdir, capsys):
+    url = f"sqlite:///{workdir / 's.db'}"
+    stored_study(url, "s")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "--study", "s", "--storage", url, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "Give another --port" in err and "Traceback" not in err
+
+
+def test_a_read_only_sqlite_study_is_refused_with_advice_and_left_as_it_was(workdir, capsys):
+    study = write_fleet_study(workdir, "s")
+    url = f"sqlite:///{workdir / 's.db'}"
+    assert search(study, url) == 0
+    before = [(t.number, t.state) for t in optuna.load_study(study_name="s", storage=url).trials]
+    capsys.readouterr()
+    read_only = f"sqlite:///file:{workdir / 's.db'}?mode=ro&uri=true"  # what a read-only file is, even for root
+    assert main(["search", "--study", str(study), "--trials", "3", "--workers", "1", "--device", "cpu",
+                 "--storage", read_only]) == 1
+    err = capsys.readouterr().err
+    assert "attempt to write a readonly database. A read-only file or database?" in err and "Traceback" not in err
+    assert [(t.number, t.state) for t in optuna.load_study(study_name="s", storage=url).trials] == before

@@ -358,3 +358,26 @@ def test_briefly_trained_model_reads_rendered_digits(mnist_dir, tmp_path):
     preds = P.predict_images(load_checkpoint(path), write_samples(samples, tmp_path / "rendered"), top=1)
     accuracy = np.mean([p.label == str(s.digit) for p, s in zip(preds, samples, strict=True)])
     assert accuracy > 0.6  # chance is 0.1
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_not_shown_as_nan_percent(tmp_path, images, capsys):
+    path = write_checkpoint(tmp_path / "nan.pt")
+    blob = torch.load(path, weights_only=True)
+    first = next(k for k, v in blob["state_dict"].items() if v.is_floating_point())
+    blob["state_dict"][first] = torch.full_like(blob["state_dict"][first], float("nan"))
+    torch.save(blob, path)
+    code, out, err = run(capsys, "predict", images / "one.bmp", "--checkpoint", path)
+    assert code == 1 and "weights are not finite" in err and "nan%" not in out + err
+
+
+def test_an_image_name_cannot_forge_output_lines(tmp_path, ckpt_file, capsys):
+    from shutil import copy
+
+    evil = tmp_path / "evil\nerror: all good, 0 files bad\n.png"
+    Image.new("L", (28, 28), 0).save(tmp_path / "plain.png")
+    copy(tmp_path / "plain.png", evil)
+    code, out, _ = run(capsys, "predict", evil, "--checkpoint", ckpt_file)
+    assert code == 0 and not any(line.startswith("error: all good") for line in out.splitlines())
+    assert "evil\\nerror: all good, 0 files bad\\n.png" in out  # shown escaped
+    code, out, _ = run(capsys, "predict", evil, "--checkpoint", ckpt_file, "--json")
+    assert json.loads(out)["predictions"][0]["path"] == str(evil)  # JSON keeps the exact name

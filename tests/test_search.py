@@ -373,3 +373,24 @@ def test_metric_names_and_short_user_attributes_for_the_optuna_cli(study_file, t
     rows = subprocess.run([*optuna_cli, "trials", "--study-name", "t", "--storage", url],
                           capture_output=True, text=True, check=True)
     assert "val_accuracy" in rows.stdout
+
+
+def test_a_one_trial_search_that_ran_only_the_baseline_succeeds(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write_study(tmp_path, "one", study=SYNTHETIC, space={"c1": {"low": 4, "high": 8}})
+    argv = ["search", "--study", str(path), "--trials", "1", "--workers", "1", "--threads", "1", "--device", "cpu"]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0 and "1 complete, 0 pruned, 0 failed" in out and "beside the baseline" in out
+
+
+def test_a_warm_start_from_the_study_itself_is_refused_and_leaves_nothing_waiting(study_file, tmp_path, capsys):
+    study_file = study_file()
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    run_search(load_spec(str(study_file)), url, 2, workers=1, threads=1, device="cpu")
+    argv = ["search", "--study", str(study_file), "--trials", "3", "--storage", url, "--warm-start", "t",
+            "--workers", "1", "--device", "cpu"]
+    assert main(argv) == 1
+    assert "names study 't' itself" in capsys.readouterr().err
+    trials = optuna.load_study(study_name="t", storage=url).trials
+    assert len(trials) == 2 and not [t for t in trials if t.state == TrialState.WAITING]

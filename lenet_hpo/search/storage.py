@@ -132,7 +132,7 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT, c
             with _schema_lock(url):
                 return _Storage(url, **kwargs)  # type: ignore[arg-type]
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as exc:
-            raise StorageError(f"cannot open storage {mask_url(url)}: {_reason(exc, url)}") from None
+            raise StorageError(f"cannot open storage {mask_url(url)}: {failure_reason(exc, url)}") from None
 
 
 class _Storage(RDBStorage):
@@ -203,7 +203,7 @@ def mask_password(text: str, url: str) -> str:
     return re.sub(rf"(password\s*=\s*['\"]?){re.escape(secret)}(?=['\"\s]|$)", r"\1***", text)
 
 
-def _reason(exc: BaseException, url: str) -> str:
+def failure_reason(exc: BaseException, url: str) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     parsed = make_url(url)
     text = mask_password(text, url).rstrip(". ")

@@ -18,16 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial
 
 from lenet_hpo import __version__
 from lenet_hpo.acquire import default_data_dir
 from lenet_hpo.config import BASELINE
 from lenet_hpo.data import Dataset, split_digest
-from lenet_hpo.errors import StudyError, experimental_used_knowingly
+from lenet_hpo.errors import StorageError, StudyError, experimental_used_knowingly
 from lenet_hpo.folders import what_changed
 from lenet_hpo.search.space import StudySpec, params_for, params_in_space
-from lenet_hpo.search.storage import ClaimLock, Heartbeat, mask_url, open_storage
+from lenet_hpo.search.storage import (
+    ClaimLock,
+    Heartbeat,
+    failure_reason,
+    mask_url,
+    open_storage,
+    storage_identity,
+)
 from lenet_hpo.search.studies import BASELINE_ROLE, ROLE, best_trials, open_study, study_record, write_record
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,11 @@ def prepare_study(
     record what makes it reproducible, and enqueue BASELINE when it lies in the space, then
     the warm start's trials.  Under the claim lock, so searches started at the same moment
     on several machines create the study, its baseline and warm-start trials once."""
+    if warm and warm.study == spec.name and storage_identity(warm.url) == storage_identity(url):
+        raise StudyError(
+            f"--warm-start names study {spec.name!r} itself: a study cannot start from its own trials; name"
+            " another study (and --warm-start-storage if it lives elsewhere)"
+        )
     source = best_trials(open_study(warm.study, warm.url).study, k=warm.top) if warm else []  # errors before writing
     storage = open_storage(url, heartbeat=heartbeat)
     lock = ClaimLock(url, spec.name)
@@ -84,6 +97,12 @@ def prepare_study(
         if warm and "warm_start" not in record:
             _warm_start(study, storage, spec, warm, source)
         return study
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        raise StorageError(
+            f"cannot write study {spec.name!r} to {mask_url(url)}: {failure_reason(cause, url)}. A read-only file or"
+            " database? Give --storage a database you can write to"
+        ) from None
     finally:
         lock.close()
 

@@ -126,8 +126,23 @@ def _count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _check_sampler(spec: StudySpec) -> None:
+    """Build the sampler once now, so a bad option or seed fails when the file is read."""
+    seed = spec.sampler.get("seed", 0)
+    _require(_count(seed), f"sampler.seed: expected a non-negative integer, got {seed!r}")
+    try:
+        spec.make_sampler(0)
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"sampler: {exc} (the other keys of [sampler] go to its constructor)") from None
+
+
 def _check_pruner(spec: StudySpec) -> None:
     """Build the pruner once now, so a bad option fails when the file is read."""
+    extra = sorted(set(spec.pruner) - {"name"})
+    _require(
+        spec.pruner.get("name") != "none" or not extra,
+        f"pruner.{extra[0] if extra else ''}: pruner \"none\" takes no options; remove it or name a pruner",
+    )
     for key in RESOURCE_KEYS & set(spec.pruner):
         v = spec.pruner[key]
         _require(_number(v) and v > 0, f"pruner.{key}: {v!r} must be a positive number of epochs")
@@ -268,6 +283,7 @@ def parse_spec(
     params = tuple(_parse_param(k, v) for k, v in raw.get("space", {}).items())
     spec = StudySpec(path=path, text=text, sampler=sampler, pruner=pruner, fixed=fixed, params=params, **study)
     _check_space(spec)
+    _check_sampler(spec)
     _check_pruner(spec)
     if spec.multi_objective:
         _require(
