@@ -49,7 +49,7 @@ retrain-best: data  ## retrain the best trial and the baseline on 5 seeds and co
 	$(PY) -m lenet_hpo retrain-best --study $(STUDY) --seeds 5
 
 .PHONY: report
-report: venv  ## write reports/STUDY/report.html and report.md
+report: venv  ## write reports/STUDY/<key>/report.html and report.md
 	$(PY) -m lenet_hpo report --study $(STUDY)
 
 .PHONY: test

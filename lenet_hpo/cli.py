@@ -30,7 +30,7 @@ from lenet_hpo.arguments import (
     output_dir,
 )
 from lenet_hpo.config import PRECISIONS
-from lenet_hpo.errors import ConfigError, LenetHpoError
+from lenet_hpo.errors import ConfigError, LenetHpoError, printable
 
 if TYPE_CHECKING:
     pass
@@ -338,7 +338,7 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
 def report_command(args: argparse.Namespace) -> int:
     """write the best-vs-baseline report (HTML and Markdown)
 
-    Write reports/NAME/report.html (self-contained, opens offline) and report.md from the study and
+    Write reports/NAME/<key>/report.html (self-contained, opens offline) and report.md from the study and
     its retrain-best results.
     """
     from lenet_hpo.report import build_report
@@ -441,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except LenetHpoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # a file's name cannot forge a line of its own
         return exc.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

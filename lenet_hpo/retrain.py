@@ -13,13 +13,14 @@ Fairness rules (stated again on the report):
   still on validation).
 
 Each run's checkpoint, history and test predictions go to
-`studies/<study>/retrain/<role>-seed<k>.pt` (`final.train_final`); a rerun reuses runs
-already there, and baseline runs come from the shared run cache when another study
-(or an earlier run) trained them already.
+`studies/<study>/<key>/retrain/<role>-seed<k>.pt` (`final.train_final`; the key:
+`StoredStudy.key`); a rerun reuses runs already there, and baseline runs come from the
+shared run cache when another study (or an earlier run) trained them already.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -383,9 +384,15 @@ def _conclude(
     stored: StoredStudy, chosen: Selection, roles: dict[str, TrialConfig], runs: list[FinalRun], out: Path,
     data: Dataset, seeds: int,
 ) -> RetrainResult:
-    """Tables, statistics and the result, written to results.csv and summary.json."""
+    """Tables, statistics and the result, written to results-<digest>.csv and summary.json.
+
+    A result set is the summary and the table it names: the table goes under a name of its
+    own content, the summary (written whole, last) names it, and only then are earlier
+    tables removed, so a reader (or a crash) sees one set or the other, never a mix."""
     table = pd.DataFrame([r.to_dict() for r in runs]).sort_values(["seed", "role"], kind="stable")
-    atomic_write_text(out / "results.csv", table.to_csv(index=False))
+    csv = table.to_csv(index=False)
+    results = out / f"results-{hashlib.sha256(csv.encode()).hexdigest()[:12]}.csv"
+    atomic_write_text(results, csv)
     models = {role: _model_result(table, role, cfg) for role, cfg in roles.items()}
     compared = {name: comparison(models["best"], models[name], name) for name in list(roles)[1:]}
     test_set = next(iter(compared.values()))[1]
@@ -400,11 +407,14 @@ def _conclude(
         dataset=data.meta(),
         models=models,
         comparisons={name: c for name, (c, _) in compared.items()},
-        results_csv=str(out / "results.csv"),
+        results_csv=str(results),
         test_set_differences=tuple(test_set.differences.tolist()) if test_set is not None else (),
         source=stored.identity,
     )
     atomic_write_text(out / "summary.json", json.dumps(result.record(), indent=2))
+    for old in out.glob("results*.csv"):
+        if old != results:
+            old.unlink(missing_ok=True)
     return result
 
 

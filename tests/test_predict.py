@@ -374,10 +374,16 @@ def test_an_image_name_cannot_forge_output_lines(tmp_path, ckpt_file, capsys):
     from shutil import copy
 
     evil = tmp_path / "evil\nerror: all good, 0 files bad\n.png"
+    blank = tmp_path / "blank\nerror: all good\n.png"
     Image.new("L", (28, 28), 0).save(tmp_path / "plain.png")
-    copy(tmp_path / "plain.png", evil)
+    copy(tmp_path / "plain.png", blank)
+    code, _, err = run(capsys, "predict", blank, "--checkpoint", ckpt_file)  # refused, and named escaped
+    assert code == 1 and err.count("\n") == 1 and "blank\\nerror: all good\\n.png: no ink found" in err
+    digit = Image.new("L", (28, 28), 0)
+    digit.paste(255, (12, 6, 16, 22))  # a stroke: a "1"
+    digit.save(evil)
     code, out, _ = run(capsys, "predict", evil, "--checkpoint", ckpt_file)
     assert code == 0 and not any(line.startswith("error: all good") for line in out.splitlines())
     assert "evil\\nerror: all good, 0 files bad\\n.png" in out  # shown escaped
     code, out, _ = run(capsys, "predict", evil, "--checkpoint", ckpt_file, "--json")
-    assert json.loads(out)["predictions"][0]["path"] == str(evil)  # JSON keeps the exact name
+    assert json.loads(out)["predictions"][0]["image"] == str(evil)  # JSON keeps the exact name

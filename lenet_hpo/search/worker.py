@@ -219,8 +219,21 @@ class Worker:
         return ran
 
 
+class _InterruptWithoutTraceback(logging.Filter):
+    """Optuna logs a trial that Ctrl-C stopped with the KeyboardInterrupt's whole traceback; the
+    line that the trial failed is enough (the search then says "interrupted")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def run_worker(args: WorkerArgs, data: Dataset | None = None) -> int:
     """One worker in this process (see `Worker.run`); `data`: the study's, loaded already."""
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _InterruptWithoutTraceback) for f in handler.filters):
+            handler.addFilter(_InterruptWithoutTraceback())
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
