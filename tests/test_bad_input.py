@@ -254,6 +254,15 @@ def test_malformed_study_file_names_file_and_key_and_writes_nothing(workdir, cap
         (["train", "--dataset", "svhn"], "unknown dataset"),
         (["train", "--seed", "-3"], "out of range"),
         (["data", "--dataset", "imagenet"], "unknown dataset"),
+        (["data", "--per-class", "0"], "out of range"),
+        (["retrain-best", "--seeds", "1"], "out of range"),
+        (["retrain-best", "--top-k", "0"], "out of range"),
+        (["retrain-best", "--workers", "zero"], "expected an integer"),
+        (["retrain-best", "--epochs", "0"], "out of range"),
+        (["retrain-best", "--precision", "fp8"], "invalid choice"),
+        (["report", "--threads", "0"], "out of range"),
+        (["predict", "x.png", "--top", "0"], "out of range"),
+        (["predict", "x.png", "--dataset", "svhn"], "unknown dataset"),
     ],
 )
 def test_bad_command_line_values_exit_2_before_anything_is_written(workdir, capsys, argv, message):
