@@ -41,7 +41,8 @@ def run_search(
     study = prepare_study(spec, url, data, heartbeat=heartbeat, sampler_seed=seed, data_dir=data_dir, warm=warm)
     args = WorkerArgs(
         spec, url, n_trials, seed, device=str(dev), threads=threads, heartbeat=heartbeat, data_dir=data_dir,
-        seconds=timeout, log_level=logging.getLogger().getEffectiveLevel(),
+        seconds=None if timeout is None else timeout - (time.monotonic() - start),  # what is left of it
+        log_level=logging.getLogger().getEffectiveLevel(),
     )
     with Watcher(study, n_trials, on_event, on_progress):
         if n_workers == 1:
