@@ -48,8 +48,10 @@ def stored_study(url: str, name: str, study_file: str = '[study]\ndataset = "mni
     """An empty study in `url` with `study_file` recorded, as `search` creates it; its StoredStudy."""
     import optuna
 
+    from lenet_hpo.search.storage import open_storage
     from lenet_hpo.search.studies import open_study, write_record
 
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
-    write_record(study._storage, name, "study_file", study_file)
+    storage = open_storage(url, heartbeat=None)
+    optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    write_record(storage, name, "study_file", study_file)
     return open_study(name, url)

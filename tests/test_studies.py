@@ -7,6 +7,7 @@ from optuna.trial import TrialState, create_trial
 from studyfiles import stored_study
 
 from lenet_hpo.errors import StudyError
+from lenet_hpo.search.storage import open_storage
 from lenet_hpo.search.studies import (
     BASELINE_ROLE,
     ROLE,
@@ -73,7 +74,7 @@ def test_open_study_names_the_studies_that_exist_and_reads_the_record(study):
     assert stored.record == {}
     with pytest.raises(StudyError, match="was not created by lenet-hpo"):
         stored.spec()
-    storage = stored.study._storage
+    storage = open_storage(url, heartbeat=None)
     write_record(storage, "s", "study_file", '[study]\ndataset = "synthetic"\nepochs = 2\n')
     assert study_record(storage, "s") == {"study_file": '[study]\ndataset = "synthetic"\nepochs = 2\n'}
     spec = StoredStudy(stored.study, study_record(storage, "s")).spec()

@@ -57,6 +57,7 @@ class StoredStudy:
     study: optuna.Study
     record: dict[str, Any]
     url: str = ""  # its storage
+    study_id: int | None = None  # its id in that storage
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -65,7 +66,7 @@ class StoredStudy:
         return {
             "storage": storage_identity(self.url),
             "study": self.study.study_name,
-            "study_id": self.study._study_id,
+            "study_id": self.study_id,
             "study_file_sha256": hashlib.sha256(str(self.record.get("study_file", "")).encode()).hexdigest(),
         }
 
@@ -101,7 +102,7 @@ def open_study(study_name: str, url: str) -> StoredStudy:
     if study_name not in names:
         raise StudyError(f"no study {study_name!r} in {mask_url(url)} (studies there: {', '.join(names) or 'none'})")
     study = optuna.load_study(study_name=study_name, storage=storage)
-    return StoredStudy(study, study_record(storage, study_name), url)
+    return StoredStudy(study, study_record(storage, study_name), url, storage.get_study_id_from_name(study_name))
 
 
 def is_baseline(trial: optuna.Trial | FrozenTrial) -> bool:
