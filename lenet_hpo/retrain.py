@@ -128,8 +128,9 @@ class RetrainResult:
     @property
     def test_set(self) -> BootstrapResult | None:
         """The verdict's test-set statistics, as retrain-best computed them (None: not available)."""
-        return BootstrapResult.from_comparison(self.difference, self.test_set_differences) if (
-            self.test_set_differences) else None
+        if not self.test_set_differences:
+            return None
+        return BootstrapResult.from_comparison(self.difference, self.test_set_differences)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (`--json`, summary.json): each model under its role, and the first

@@ -64,7 +64,7 @@ class Comparison:
         return cls(**{**known, "ci95": tuple(known["ci95"]), "test_set_ci95": tuple(test_ci) if test_ci else None})
 
 
-def tinterval(mean: float, sem: float, dof: float, level: float = 0.95) -> tuple[float, float]:
+def t_interval(mean: float, sem: float, dof: float, level: float = 0.95) -> tuple[float, float]:
     if dof <= 0 or not math.isfinite(sem):
         return (math.nan, math.nan)
     if sem == 0:
@@ -81,7 +81,7 @@ def summarize(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0))
     n = int(x.size)
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else 0.0
-    ci = tinterval(mean, std / math.sqrt(n), n - 1) if n > 1 else (math.nan, math.nan)
+    ci = t_interval(mean, std / math.sqrt(n), n - 1) if n > 1 else (math.nan, math.nan)
     if n > 1:
         ci = (max(ci[0], bounds[0]), min(ci[1], bounds[1]))
     return Summary(n=n, mean=mean, std=std, ci95=ci)
@@ -111,7 +111,7 @@ def compare(
         else:
             p = float(st.ttest_rel(x, y).pvalue)
             effect = diff / sd
-        ci = tinterval(diff, sd / math.sqrt(n), n - 1)
+        ci = t_interval(diff, sd / math.sqrt(n), n - 1)
         test, effect_name = "paired t-test", "Cohen's d_z"
     else:
         res = st.ttest_ind(x, y, equal_var=False)
@@ -119,7 +119,7 @@ def compare(
         vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
         se = math.sqrt(vx + vy)
         dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1)) if se > 0 else 0.0
-        ci = tinterval(diff, se, dof) if se > 0 else (diff, diff)
+        ci = t_interval(diff, se, dof) if se > 0 else (diff, diff)
         p = float(res.pvalue) if se > 0 else (1.0 if diff == 0 else 0.0)
         pooled = math.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1)) / (x.size + y.size - 2))
         correction = 1 - 3 / (4 * (x.size + y.size) - 9)

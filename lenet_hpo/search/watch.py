@@ -21,7 +21,7 @@ from lenet_hpo.search.storage import mask_url
 from lenet_hpo.search.studies import best_trials, count_states, is_baseline
 
 log = logging.getLogger(__name__)
-POLL_S = 1.0
+PROGRESS_EVERY_S = 1.0  # how often the watcher polls the storage for events and progress
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -141,7 +141,7 @@ class Watcher:
         self.poll()
 
     def _loop(self) -> None:
-        while not self._stop.wait(POLL_S):
+        while not self._stop.wait(PROGRESS_EVERY_S):
             try:
                 self.poll()
             except Exception as exc:  # noqa: BLE001 - progress must never stop the search

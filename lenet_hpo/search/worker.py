@@ -40,7 +40,7 @@ from lenet_hpo.search.studies import count_states
 from lenet_hpo.train import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
-POLL_S = 1.0
+WAIT_FOR_RUNNING_S = 1.0  # how long a worker waits before asking again whether running trials need retries
 PARENT_CHECK_S = 0.5  # how often a worker process checks that the search that started it is alive
 MAX_STORAGE_RETRIES = 8  # consecutive failed rounds (backoff 1, 2, 4 ... 30 s) before a worker gives up
 
@@ -212,7 +212,7 @@ class Worker:
                 if outcome is False:
                     break
                 if outcome is None:
-                    time.sleep(POLL_S)
+                    time.sleep(WAIT_FOR_RUNNING_S)
                 ran += outcome is True
         finally:
             self.lock.close()
