@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lenet_hpo.errors import ChecksumError, DataError
-from lenet_hpo.files import atomic_torch_save, atomic_write_bytes
+from lenet_hpo.files import atomic_torch_save, atomic_write_bytes, project_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ Tensors = dict[str, torch.Tensor]  # train_x, train_y, test_x, test_y: uint8 (N,
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV, "data"))
+    """$LENET_HPO_DATA_DIR, else data/ in the project folder (`files.project_dir`)."""
+    return Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else project_dir() / "data"
 
 
 @dataclass(frozen=True)

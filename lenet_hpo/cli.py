@@ -101,7 +101,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; bf16: forward passes under bfloat16 autocast; auto: bf16 on a CPU with native bfloat16,"
                         " else fp32 (default: fp32)")
-    p.add_argument("--out", type=output_dir, default=Path("runs"), help="checkpoint directory (default: runs/)")
+    p.add_argument("--out", type=output_dir, default=None, help="checkpoint directory (default: runs/)")
     add_json_arg(p)
 
 
@@ -111,10 +111,11 @@ def train_command(args: argparse.Namespace) -> int:
 
     Train a config on train+validation and evaluate on the official test split; saves a checkpoint.
     """
-    from lenet_hpo.files import check_output_dir
+    from lenet_hpo.files import check_output_dir, runs_dir
     from lenet_hpo.final import config_named_or_file, train_final
     from lenet_hpo.train import resolve_device
 
+    args.out = args.out or runs_dir()
     check_output_dir(args.out, "--out")  # the default too: a run is never thrown away for want of a folder
     name, cfg = config_named_or_file(args.config)
     changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
@@ -270,9 +271,16 @@ def dashboard_command(args: argparse.Namespace) -> int:
 
 def retrain_best_arguments(p: argparse.ArgumentParser) -> None:
     add_study_args(p)
-    p.add_argument("--seeds", type=int_range(2, 100), default=5, help="seeds per model (default: 5)")
+    p.add_argument("--seeds", type=int_range(2, 100), default=5,
+                   help="the most seed pairs (tuned and baseline on one seed) to train (default: 5)")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="train all --seeds pairs (a fixed design) instead of stopping at the first pair where"
+                   " the group-sequential test settles the comparison")
+    p.add_argument("--pick", choices=("cheapest-tied", "best"), default="cheapest-tied",
+                   help="which trial: the one of fewest MACs among those tied with the best within the"
+                   " validation check's noise (default), or the best by value alone")
     p.add_argument("--epochs", type=int_range(1, 1000), default=None,
-                   help="epochs for every run (default: the baseline's, 20)")
+                   help="epochs for every run (default: the study's retrain_epochs, else the baseline's, 20)")
     p.add_argument("--top-k", type=int_range(1, 100), default=1,
                    help="re-score the K best trials on fresh seeds (validation split) and take the best mean"
                    " (default: 1)")
@@ -292,21 +300,27 @@ def retrain_best_command(args: argparse.Namespace) -> int:
     """retrain the best trial and the baseline on all training data, several seeds, and compare on the test split
 
     Retrain the best COMPLETE trial and the baseline(s) on train+validation with the same epochs and
-    seeds, evaluate on the official test split, and test the difference (paired t-test over seeds).
+    seeds, evaluate on the official test split, and test the difference (paired t-test over seeds),
+    a seed pair at a time until a group-sequential test settles it or --seeds pairs are done.
     """
     from lenet_hpo.retrain import epoch_budget, retrain_best
     from lenet_hpo.search.storage import resolve_url
+    from lenet_hpo.search.studies import open_study
     from lenet_hpo.search.studyfile import study_name
 
     name = study_name(args.study)
+    url = resolve_url(args.storage, name)
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    epochs = epoch_budget(baselines, args.epochs)  # unknown names fail here, before any training
+    epoch_budget(baselines, args.epochs)  # unknown names fail here, before any training
+    epochs = epoch_budget(baselines, args.epochs or open_study(name, url).spec().retrain_epochs)
     bar = console.EpochBar("retrain", args.seeds * (1 + len(baselines)) * epochs, enabled=not args.json)
     try:
         result = retrain_best(
             name,
-            resolve_url(args.storage, name),
+            url,
             seeds=args.seeds,
+            early_stop=args.early_stop,
+            cheapest=args.pick == "cheapest-tied",
             epochs=args.epochs,
             top_k=args.top_k,
             baselines=baselines,
@@ -316,6 +330,7 @@ def retrain_best_command(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             on_epoch=bar.on_epoch_done,
             on_run=lambda run: bar.on_run(run, epochs),
+            on_look=bar.on_look,
         )
     finally:
         bar.close()

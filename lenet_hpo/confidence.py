@@ -14,6 +14,7 @@ formats them.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ import plotly.graph_objects as go
 
 from lenet_hpo.retrain import RetrainResult
 from lenet_hpo.search.studies import StoredStudy, search_values
-from lenet_hpo.stats import BootstrapResult, Comparison, expected_best, format_p, interval, points
+from lenet_hpo.sequential import Stopping
+from lenet_hpo.stats import ALPHA, BootstrapResult, Comparison, expected_best, format_p, interval, points
 
 Figure = tuple[str, go.Figure | None, str]  # title, figure (None: not available), note
 NOT_AVAILABLE = (
@@ -32,8 +34,16 @@ NOT_AVAILABLE = (
 )
 
 
+STOPPING_RULE = (
+    f"a seed pair at a time; each look's paired t-test spends part of a {ALPHA:.0%} error rate (O'Brien-Fleming"
+    " type), so stopping early does not inflate false positives"
+)
+
+
 @dataclass(frozen=True)
 class Confidence:
+    """How sure the verdict is (`how_sure`): seeds, test-set noise and the search budget."""
+
     baseline: str  # the baseline the verdict is about
     comparison: Comparison  # with the test-set statistics where predictions were kept
     test_set: BootstrapResult | None  # None: not available
@@ -43,6 +53,18 @@ class Confidence:
     baseline_value: float | None  # the baseline trial's validation accuracy
     trials_to_beat_baseline: int | None
     subset: int | None  # validation images of the points inside epochs (None: whole split)
+    stopping: Stopping | None = None  # how many seed pairs the verdict needed, and why it stopped
+
+    def to_frame(self) -> pd.DataFrame:
+        """The report's "How sure are we?" numbers (quantity, value)."""
+        return numbers_table(self)
+
+    def __repr__(self) -> str:
+        return f"Confidence({self.comparison.verdict})"
+
+    def _repr_html_(self) -> str:
+        said = "".join(f"<p>{html.escape(s)}</p>" for s in sentences(self))
+        return f"<div><h4>How sure are we?</h4>{said}{self.to_frame().to_html(index=False, border=0)}</div>"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +84,7 @@ def how_sure(result: RetrainResult, stored: StoredStudy) -> Confidence:
     return Confidence(
         baseline, comparison, test_set, int(result.dataset["n_test"]), trials, expected, baseline_value,
         beats[0] if beats else None, subset if subset and subset < result.dataset["n_val"] else None,
+        result.stopping,
     )
 
 
@@ -84,6 +107,9 @@ def sentences(c: Confidence) -> list[str]:
         f" alone put the difference between {points(lo, signed=True)} and {points(hi, signed=True)} points"
         f" (95%, {d.test}, {format_p(d.p_value)})."
     ]
+    if c.stopping is not None:
+        why = c.stopping.reason()
+        out.append(f"{why[0].upper()}{why[1:]}" + (f" ({STOPPING_RULE})." if c.stopping.early_stop else "."))
     if c.test_set is None or d.test_set_ci95 is None or d.prob_improvement is None:
         return [*out, f"Test-set statistics: {NOT_AVAILABLE}."]
     tlo, thi = d.test_set_ci95

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # annotations only: `--help` does not wait for torch and optu
     from lenet_hpo.final import FinalRun
     from lenet_hpo.retrain import EpochDone, RetrainResult
     from lenet_hpo.search import Progress, SearchSummary, TrialEvent
+    from lenet_hpo.sequential import Look
     from lenet_hpo.train import EpochStats
 
 PROG = "python -m lenet_hpo"
@@ -211,6 +212,14 @@ class EpochBar:
         line = f"{run.role:9s} seed {run.seed}: test accuracy {run.test_accuracy:.4f} ({what})"
         self.bar.write(line, file=self.stream)
 
+    def on_look(self, look: Look) -> None:
+        """The verdict so far, after a seed pair; the bar drops the pairs a settled verdict skips."""
+        self.bar.write(f"verdict {look.sentence()}", file=self.stream)
+        if look.settled and look.pairs < look.max_pairs:
+            self.total = self.done
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def close(self) -> None:
         self.bar.close()
 
@@ -244,6 +253,11 @@ def retrain_summary(r: RetrainResult) -> list[str]:
             f" {100 * m.ci95[1]:.2f}]  {m.params:,} params{note}"
         )
     lines += [f"verdict vs {name} ({c.test}): {c.verdict}" for name, c in r.comparisons.items()]
+    if r.stopping is not None:
+        lines.append(f"seeds: {r.stopping.reason()}")
+    if r.tied:
+        lines.append(f"trial {r.trial}: the fewest MACs of {len(r.tied)} trials tied with the best within the"
+                     " validation check's noise (--pick best: the best by value alone)")
     return [*lines, f"results: {r.results_csv}", f"next: {PROG} report --study {r.study}"]
 
 

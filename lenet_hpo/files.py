@@ -15,10 +15,37 @@ import torch
 
 from lenet_hpo.errors import ConfigError
 
-STUDIES_DIR = Path("studies")  # study files; each study's SQLite database and retrain runs beside them
-REPORTS_DIR = Path("reports")
-RUNS_DIR = Path("runs")  # checkpoints of `train`
+STUDIES = "studies"  # study files; each study's SQLite database and retrain runs beside them
+REPORTS = "reports"
+RUNS = "runs"  # checkpoints of `train`
 CACHE_ENV = "LENET_HPO_CACHE_DIR"
+HOME_ENV = "LENET_HPO_HOME"
+
+
+def project_dir() -> Path:
+    """The folder studies/, data/, reports/ and runs/ live in: $LENET_HPO_HOME, else the
+    working directory or the nearest folder above it with a studies/ folder of study files
+    (so a notebook in examples/ uses the project's), else the working directory.  Relative
+    (".") when it is the working directory, so paths print as the user typed them."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV])
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if any((folder / STUDIES).glob("*.toml")):
+            return Path() if folder == here else folder
+    return Path()
+
+
+def studies_dir() -> Path:
+    return project_dir() / STUDIES
+
+
+def reports_dir() -> Path:
+    return project_dir() / REPORTS
+
+
+def runs_dir() -> Path:
+    return project_dir() / RUNS
 
 
 def cache_dir() -> Path:

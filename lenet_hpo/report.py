@@ -26,7 +26,7 @@ from lenet_hpo import confidence
 from lenet_hpo.checkpoint import load_checkpoint
 from lenet_hpo.confidence import Confidence, how_sure
 from lenet_hpo.data import Dataset, scale_input
-from lenet_hpo.files import REPORTS_DIR, atomic_write_text, check_output_dir
+from lenet_hpo.files import atomic_write_text, check_output_dir, reports_dir
 from lenet_hpo.page import html_page, markdown_page, pct
 from lenet_hpo.retrain import RetrainResult, load_result
 from lenet_hpo.search.space import check_name
@@ -331,6 +331,30 @@ def _evidence(result: RetrainResult, data: Dataset) -> _Evidence:
     return _Evidence(histories, confusions, latency, gallery)
 
 
+def _figures(study: optuna.Study, result: RetrainResult, data: Dataset, ev: _Evidence) -> list[Figure]:
+    """The report's figures after its verdict, in its order: (title, figure or None, note)."""
+    return [
+        accuracy_figure(result), learning_curves_figure(ev.histories),
+        confusion_figure(ev.confusions, list(data.classes)), *search_figures(study), pareto_figure(study),
+    ]
+
+
+def figures(
+    study_name: str, url: str, *, data_dir: Path | None = None, studies_dir: Path | None = None
+) -> dict[str, go.Figure]:
+    """The report's figures as plotly figures, by title (`fig.show()` draws one inline in a
+    notebook): the verdict's, the accuracies, learning curves, confusion matrices, the search's
+    (history, importances, parallel coordinates, the budget curve; the Pareto front of a
+    two-objective study).  The same functions draw `report.html`."""
+    stored = open_study(study_name, url)
+    result = load_result(stored, studies_dir)
+    data = stored.spec().load_data(data_dir)
+    conf = how_sure(result, stored)
+    made = [confidence.bootstrap_figure(conf), confidence.budget_figure(conf),
+            *_figures(stored.study, result, data, _evidence(result, data))]
+    return {title: fig for title, fig, _ in made if fig is not None}
+
+
 def build_report(
     study_name: str,
     url: str,
@@ -343,15 +367,12 @@ def build_report(
     stored = open_study(study_name, url)
     study = stored.study
     result = load_result(stored, studies_dir)
-    out = check_output_dir((out_dir or REPORTS_DIR) / study_name / stored.key)  # never another study's report
+    out = check_output_dir((out_dir or reports_dir()) / study_name / stored.key)  # never another study's report
     data = stored.spec().load_data(data_dir)
     ev = _evidence(result, data)
     conf = how_sure(result, stored)
     table = comparison_table(result, ev.latency)
-    figs = [
-        accuracy_figure(result), learning_curves_figure(ev.histories),
-        confusion_figure(ev.confusions, list(data.classes)), *search_figures(study), pareto_figure(study),
-    ]
+    figs = _figures(study, result, data, ev)
     out.mkdir(parents=True, exist_ok=True)
     verdict = conf.comparison.verdict
     differ, shared = config_table({role: m.config for role, m in result.models.items()})

@@ -173,7 +173,7 @@ def test_names_with_path_parts_are_refused(name):
 )
 def test_pruner_steps_given_in_epochs_count_images_seen(pruner):
     """With 50,000 images an epoch, a warm-up of 1/2 epoch ends at step 25,000."""
-    made = spec(pruner=pruner).make_pruner(fit_size=50_000)
+    made = spec(pruner=pruner).make_pruner(fit_size=50_000, check_images=5_000)
     study = optuna.create_study(direction="maximize", pruner=made)
     for _ in range(5):  # the pruners' default n_startup_trials
         study.add_trial(optuna.trial.create_trial(value=0.99, intermediate_values={12_500: 0.9, 25_000: 0.95}))

@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from lenet_hpo.notebook import SearchDisplay, wants_display
 from lenet_hpo.search.layout import default_layout
 from lenet_hpo.search.space import StudySpec
 from lenet_hpo.search.storage import DEFAULT_HEARTBEAT, Heartbeat
@@ -30,9 +31,24 @@ def run_search(
     warm: WarmStart | None = None,
     on_event: OnEvent | None = None,
     on_progress: OnProgress | None = None,
+    progress: bool | None = None,
 ) -> SearchSummary:
     """Run (or resume) the study until it has `n_trials` finished trials (`warm`: first enqueue
-    another study's best trials; they count toward `n_trials`)."""
+    another study's best trials; they count toward `n_trials`).
+
+    `on_event` gets each finished or retried trial, `on_progress` the counts about once a
+    second.  `progress`: draw a live display in a Jupyter notebook (None: there, when no
+    callbacks are given; `lenet_hpo.notebook`)."""
+    if wants_display(progress, on_event, on_progress):
+        view = SearchDisplay(spec.name, n_trials)
+        try:
+            return run_search(
+                spec, url, n_trials, workers=workers, threads=threads, timeout=timeout, sampler_seed=sampler_seed,
+                device=device, heartbeat=heartbeat, data_dir=data_dir, warm=warm, on_event=view.on_event,
+                on_progress=view.on_progress, progress=False,
+            )
+        finally:
+            view.close()
     start = time.monotonic()
     dev = resolve_device(device)
     n_workers, threads = default_layout(dev, workers, threads)

@@ -22,11 +22,12 @@ from lenet_hpo.config import BASELINE, TrialConfig
 from lenet_hpo.data import Dataset, load_data
 from lenet_hpo.errors import StudyError, experimental_used_knowingly
 from lenet_hpo.folders import FolderOptions
+from lenet_hpo.search.pruning import NoisePruner
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 OBJECTIVES = ("val_accuracy", "params", "macs")
 SAMPLERS = ("tpe", "random", "qmc", "gp", "nsgaii")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "threshold", "none")
+PRUNERS = ("median", "percentile", "noise", "successive_halving", "hyperband", "threshold", "none")
 # Pruner options counted in steps; a study file gives them in epochs.
 RESOURCE_KEYS = frozenset({"min_resource", "max_resource", "n_warmup_steps", "interval_steps"})
 
@@ -85,6 +86,7 @@ class StudySpec:
     resize: str = "pad"
     epochs: int = 4
     train_seed: int = 0
+    retrain_epochs: int | None = None  # retrain-best's epochs (None: the first baseline's)
     precision: str = "auto"  # how trials compute (train.PRECISIONS); each trial records what it used
     objectives: tuple[str, ...] = ("val_accuracy",)
     report_at: tuple[float, ...] = ()  # positions inside epochs (in epochs) where trials also report
@@ -94,6 +96,7 @@ class StudySpec:
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     fixed: dict[str, Any] = field(default_factory=dict)
     params: tuple[Param, ...] = ()
+    start: tuple[dict[str, Any], ...] = ()  # [[start]]: configurations tried first, after the baseline
     description: str = ""
 
     @property
@@ -129,6 +132,10 @@ class StudySpec:
     def base_config(self) -> TrialConfig:
         """What every trial shares before its searched values are applied."""
         return BASELINE.replace(**self.fixed, epochs=self.epochs, seed=self.train_seed)
+
+    def start_params(self, i: int) -> dict[str, Any] | None:
+        """The params of the i-th [[start]] configuration (None: it is no point of the space)."""
+        return params_for(self.base_config().replace(**self.start[i]), self)
 
     @property
     def sampler_seed(self) -> int:
@@ -169,10 +176,16 @@ class StudySpec:
                 rung *= factor
         return tuple(sorted(p for p in points if 0 < p < self.epochs and p != int(p)))
 
-    def make_pruner(self, fit_size: int) -> optuna.pruners.BasePruner:
+    def check_images(self, val_images: int) -> int:
+        """How many validation images a pruning check uses: the subset where there is one
+        (the last epoch, never pruned, uses the whole split), else all `val_images`."""
+        return min(self.val_subset, val_images) if self.val_subset else val_images
+
+    def make_pruner(self, fit_size: int, check_images: int) -> optuna.pruners.BasePruner:
         """The study's pruner.  A trial's steps are training images seen (`fit_size` an epoch),
         so the file's resources in epochs become images (rounded down, so rungs never fall
-        after the report that should meet them)."""
+        after the report that should meet them); `check_images` sets the noise pruner's
+        standard errors (`check_images()`)."""
         opts = dict(self.pruner)
         name = opts.pop("name", "median")
         for key in RESOURCE_KEYS & set(opts):
@@ -182,6 +195,8 @@ class StudySpec:
                 return optuna.pruners.MedianPruner(**opts)
             case "percentile":  # keeps the top `percentile` percent of the completed trials' values at each step
                 return optuna.pruners.PercentilePruner(**opts)
+            case "noise":  # ... and keeps a trial below them by less than z standard errors of its check
+                return NoisePruner(images=check_images, **opts)
             case "successive_halving":  # asynchronous (ASHA): rungs at min_resource * reduction_factor^k
                 return optuna.pruners.SuccessiveHalvingPruner(**opts)
             case "hyperband":

@@ -32,7 +32,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
 from lenet_hpo.errors import StorageError, experimental_used_knowingly
-from lenet_hpo.files import STUDIES_DIR
+from lenet_hpo.files import studies_dir as default_studies_dir
 
 log = logging.getLogger(__name__)
 STORAGE_ENV = "LENET_HPO_STORAGE"
@@ -50,12 +50,17 @@ DEFAULT_HEARTBEAT = Heartbeat()
 
 
 def default_url(study_name: str, studies_dir: Path | None = None) -> str:
-    return f"sqlite:///{(studies_dir or STUDIES_DIR) / f'{study_name}.db'}"
+    return f"sqlite:///{(studies_dir or default_studies_dir()) / f'{study_name}.db'}"
 
 
 def resolve_url(url: str | None, study_name: str) -> str:
     """--storage, else $LENET_HPO_STORAGE, else the study's SQLite file."""
     return url or os.environ.get(STORAGE_ENV) or default_url(study_name)
+
+
+def storage_url(study_name: str, url: str | None = None) -> str:
+    """A study's storage URL: `url`, else $LENET_HPO_STORAGE, else its SQLite file in studies/."""
+    return resolve_url(url, study_name)
 
 
 def mask_url(url: str) -> str:

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lenet_hpo.errors import StudyError
-from lenet_hpo.files import STUDIES_DIR
+from lenet_hpo.files import studies_dir as default_studies_dir
 from lenet_hpo.search.space import StudySpec, check_name
 from lenet_hpo.search.storage import mask_url, open_storage, storage_identity
 from lenet_hpo.search.studyfile import parse_spec
@@ -135,7 +135,7 @@ def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
 def retrain_dir(stored: StoredStudy, studies_dir: Path | None = None) -> Path:
     """Where `retrain-best` keeps a study's final runs: studies/<name>/<key>/retrain/, so two
     studies of one name (on two storages, or made again) never share or mix them."""
-    return (studies_dir or STUDIES_DIR) / check_name(stored.study.study_name) / stored.key / "retrain"
+    return (studies_dir or default_studies_dir()) / check_name(stored.study.study_name) / stored.key / "retrain"
 
 
 def search_values(study: optuna.Study) -> tuple[list[tuple[int, float, bool]], float | None]:

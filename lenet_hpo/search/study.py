@@ -90,7 +90,8 @@ def prepare_study(
                 raise StudyError(f"study {spec.name!r} was warm-started from {earlier!r} already")
         study = optuna.create_study(
             study_name=spec.name, storage=storage, directions=spec.directions, load_if_exists=True,
-            sampler=spec.make_sampler(sampler_seed), pruner=spec.make_pruner(len(data.train)),
+            sampler=spec.make_sampler(sampler_seed),
+            pruner=spec.make_pruner(len(data.train), spec.check_images(len(data.val))),
         )
         if not record:
             _record_new_study(study, storage, spec, data)
@@ -164,6 +165,8 @@ def _record_new_study(
     baseline = params_for(BASELINE, spec)
     if baseline is not None:
         study.enqueue_trial(baseline, user_attrs={ROLE: BASELINE_ROLE}, skip_if_exists=True)
+    for i in range(len(spec.start)):  # the file's known-good configurations: candidates like any draw
+        study.enqueue_trial(spec.start_params(i), user_attrs={"start": i + 1}, skip_if_exists=True)
     log.info("created study %s (baseline %s)", spec.name, "enqueued" if baseline else "outside the space")
 
 

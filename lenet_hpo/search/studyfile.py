@@ -9,6 +9,7 @@ A study file:
     split_seed = 0
     train_limit = 0          # 0: all of the training part; N: a stratified subset (smoke runs)
     epochs = 4               # per-trial epoch budget
+    retrain_epochs = 10      # retrain-best's runs (default: the first baseline's, 20 for BASELINE)
     report_at = [0.125, 0.5] # also validate inside epochs, at these positions (in epochs; then every epoch)
     val_subset = 2000        # validation images those points use (a fixed, stratified part; 0: all)
     val_subset_epochs = false  # true: epoch ends before the last validate on val_subset too
@@ -27,6 +28,9 @@ A study file:
 
     [fixed]                  # TrialConfig fields every trial shares; for a field searched with
     schedule = "cosine"      # `when`, the value of the trials where `when` does not hold
+
+    [[start]]                # optional, repeatable: a configuration known to be good, tried first
+    c1 = 12                  # (after the baseline); fields not given come from [fixed] and BASELINE
 
     [space]                  # TrialConfig fields to search, in suggestion order
     c1 = { low = 4, high = 16 }                        # int or float by the field's type
@@ -47,7 +51,7 @@ from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import PRECISIONS
 from lenet_hpo.data import RESIZE_MODES
 from lenet_hpo.errors import ConfigError, StudyError
-from lenet_hpo.files import STUDIES_DIR
+from lenet_hpo.files import studies_dir as default_studies_dir
 from lenet_hpo.folders import FolderOptions
 from lenet_hpo.search.space import (
     FIELD_TYPES,
@@ -62,6 +66,7 @@ from lenet_hpo.search.space import (
 
 _FOLDER_KEYS = {"channels", "test_size", "skip_bad"}
 _STUDY_KEYS = _FOLDER_KEYS | {
+    "retrain_epochs",
     "report_at",
     "val_subset",
     "val_subset_epochs",
@@ -85,7 +90,7 @@ def study_path(study: str, studies_dir: Path | None = None) -> Path:
     if study.endswith(".toml"):
         return Path(study)
     check_name(study)
-    return (studies_dir or STUDIES_DIR) / f"{study}.toml"
+    return (studies_dir or default_studies_dir()) / f"{study}.toml"
 
 
 def study_name(study: str) -> str:
@@ -94,7 +99,7 @@ def study_name(study: str) -> str:
 
 
 def available_studies(studies_dir: Path | None = None) -> list[str]:
-    return sorted(p.stem for p in (studies_dir or STUDIES_DIR).glob("*.toml"))
+    return sorted(p.stem for p in (studies_dir or default_studies_dir()).glob("*.toml"))
 
 
 def load_spec(study: str, studies_dir: Path | None = None) -> StudySpec:
@@ -136,6 +141,19 @@ def _check_sampler(spec: StudySpec) -> None:
         raise StudyError(f"sampler: {exc} (the other keys of [sampler] go to its constructor)") from None
 
 
+def _check_start(spec: StudySpec) -> None:
+    """Every [[start]] configuration is a point of the space."""
+    for i, fields_ in enumerate(spec.start, 1):
+        for key in fields_:
+            _require(key in FIELD_TYPES and key not in ("epochs", "seed"),
+                     f"start {i}: unknown key {key!r} (TrialConfig fields other than epochs and seed)")
+        try:
+            params = spec.start_params(i - 1)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise StudyError(f"start {i}: {exc}") from None
+        _require(params is not None, f"start {i}: {fields_} is not a point of [space] (with [fixed] for the rest)")
+
+
 def _check_pruner(spec: StudySpec) -> None:
     """Build the pruner once now, so a bad option fails when the file is read."""
     extra = sorted(set(spec.pruner) - {"name"})
@@ -147,7 +165,7 @@ def _check_pruner(spec: StudySpec) -> None:
         v = spec.pruner[key]
         _require(_number(v) and v > 0, f"pruner.{key}: {v!r} must be a positive number of epochs")
     try:
-        spec.make_pruner(fit_size=50_000)
+        spec.make_pruner(fit_size=50_000, check_images=5_000)
     except (TypeError, ValueError) as exc:
         raise StudyError(f"pruner: {exc}") from None
 
@@ -186,7 +204,7 @@ def _parse_study_table(study: dict[str, Any], name: str, base: Path) -> dict[str
         val_size is None or (_number(val_size) and (0 < val_size < 1 or (val_size >= 1 and val_size == int(val_size)))),
         f"study.val_size: {val_size!r} must be a number of images or a fraction between 0 and 1",
     )
-    for key in ("split_seed", "train_limit", "epochs", "train_seed"):
+    for key in ("split_seed", "train_limit", "epochs", "train_seed", "retrain_epochs"):
         v = study.get(key)
         _require(v is None or _count(v), f"study.{key}: expected a non-negative integer, got {v!r}")
     epochs = study.get("epochs", 4)
@@ -225,6 +243,7 @@ def _parse_study_table(study: dict[str, Any], name: str, base: Path) -> dict[str
         "resize": resize,
         "epochs": epochs,
         "train_seed": study.get("train_seed", 0),
+        "retrain_epochs": study.get("retrain_epochs") or None,
         "precision": precision,
         "objectives": objectives,
         "description": str(study.get("description", "")),
@@ -258,10 +277,9 @@ def parse_spec(
 ) -> StudySpec:
     """A study file's contents, checked.  A folder dataset's relative path is relative to `base`
     (default: the study file's folder, else the working directory)."""
-    unknown = sorted(set(raw) - {"study", "sampler", "pruner", "fixed", "space"})
-    _require(
-        not unknown, f"unknown table [{unknown[0]}] (known: study, sampler, pruner, fixed, space)" if unknown else ""
-    )
+    tables = ("study", "sampler", "pruner", "fixed", "space", "start")
+    unknown = sorted(set(raw) - set(tables))
+    _require(not unknown, f"unknown table [{unknown[0]}] (known: {', '.join(tables)})" if unknown else "")
     base = base if base is not None else (path.parent if path is not None else Path())
     study = _parse_study_table(dict(raw.get("study", {})), name, base.resolve())
     sampler = dict(raw.get("sampler", {"name": "tpe"}))
@@ -281,8 +299,13 @@ def parse_spec(
             f"unknown key fixed.{key} (a TrialConfig field other than epochs and seed; set those in [study])",
         )
     params = tuple(_parse_param(k, v) for k, v in raw.get("space", {}).items())
-    spec = StudySpec(path=path, text=text, sampler=sampler, pruner=pruner, fixed=fixed, params=params, **study)
+    start = raw.get("start", [])
+    _require(isinstance(start, list) and all(isinstance(s, dict) for s in start),
+             "start: write each starting configuration as a [[start]] table of TrialConfig fields")
+    spec = StudySpec(path=path, text=text, sampler=sampler, pruner=pruner, fixed=fixed, params=params,
+                     start=tuple(dict(s) for s in start), **study)
     _check_space(spec)
+    _check_start(spec)
     _check_sampler(spec)
     _check_pruner(spec)
     if spec.multi_objective:

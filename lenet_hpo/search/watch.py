@@ -6,6 +6,7 @@ or retried trial) and `on_progress` (the study's state, about once a second).
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
+import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from lenet_hpo.search.space import StudySpec
@@ -27,6 +29,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 @dataclass(frozen=True)
 class SearchSummary:
+    """What a search did and found (`run_search`); shows itself as a table in a notebook."""
+
     study: str
     storage: str  # masked
     n_trials: int
@@ -46,6 +50,29 @@ class SearchSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The summary as a two-column table (quantity, value); the best trial's params below it."""
+        rows = [("study", self.study), ("storage", self.storage), ("finished trials wanted", self.n_trials),
+                ("complete / pruned / failed / running",
+                 f"{self.n_complete} / {self.n_pruned} / {self.n_failed} / {self.n_running}"),
+                ("best trial", self.best_number), ("best validation accuracy", _fmt(self.best_value)),
+                ("baseline trial's validation accuracy", _fmt(self.baseline_value)),
+                ("wall time", f"{self.seconds:.0f} s, {self.workers} worker(s) x {self.threads_per_worker} thread(s)")]
+        rows += [(f"best: {k}", v) for k, v in self.best_params.items()]
+        return pd.DataFrame(rows, columns=["quantity", "value"])
+
+    def __repr__(self) -> str:
+        best = "none complete" if self.best_value is None else f"best {self.best_value:.4f} (trial {self.best_number})"
+        return (f"SearchSummary(study {self.study!r}: {self.n_complete} complete / {self.n_pruned} pruned /"
+                f" {self.n_failed} failed, {best}, {self.seconds:.0f} s)")
+
+    def _repr_html_(self) -> str:
+        return f"<div><b>{html.escape(repr(self))}</b>{self.to_frame().to_html(index=False, border=0)}</div>"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ class Worker:
             study_name=spec.name,
             storage=self.storage,
             sampler=spec.make_sampler(args.sampler_seed),
-            pruner=spec.make_pruner(len(data.train)),
+            pruner=spec.make_pruner(len(data.train), spec.check_images(len(data.val))),
         )
         self.lock = ClaimLock(args.url, spec.name)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
