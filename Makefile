@@ -45,7 +45,7 @@ dashboard: venv  ## browse study STUDY in optuna-dashboard on http://127.0.0.1:8
 	$(PY) -m lenet_hpo dashboard --study $(STUDY)
 
 .PHONY: retrain-best
-retrain-best: data  ## retrain the best trial and the baseline on 5 seeds and compare them on the test split
+retrain-best: data  ## retrain the best trial and the baseline, a seed pair at a time until settled (at most 5)
 	$(PY) -m lenet_hpo retrain-best --study $(STUDY) --seeds 5
 
 .PHONY: report
@@ -59,6 +59,10 @@ test: data  ## run the test suite (fast synthetic tests, real MNIST and PostgreS
 .PHONY: test-fast
 test-fast: data  ## the tests not marked slow (no multi-process reliability runs): under 2 minutes
 	$(PY) -m pytest -q -m "not slow"
+
+.PHONY: notebooks
+notebooks: data  ## run every notebook under examples/ in a fresh Jupyter kernel and check its outputs
+	$(PY) -m pytest -q tests/test_notebooks.py
 
 .PHONY: lint
 lint: venv  ## ruff check

@@ -21,7 +21,7 @@ from lenet_hpo.classic import CLASSIC
 from lenet_hpo.config import TrialConfig
 from lenet_hpo.data import Dataset, input_affine, load_data
 from lenet_hpo.model import build_model
-from lenet_hpo.train import loss_logits, make_optimizer, train
+from lenet_hpo.training import loss_logits, make_optimizer, train
 
 BATCHES = (1, 4, 16)
 

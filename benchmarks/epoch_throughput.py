@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from lenet_hpo.config import BASELINE
 from lenet_hpo.data import default_data_dir, fetch, load_data
 from lenet_hpo.model import build_model
-from lenet_hpo.train import train
+from lenet_hpo.training import train
 
 
 def seed_pipeline_rate(raw_dir: Path, samples: int, batch_size: int) -> float:

@@ -19,7 +19,7 @@ import torch
 
 from lenet_hpo.config import BASELINE, TrialConfig
 from lenet_hpo.model import build_model
-from lenet_hpo.train import EVAL_BATCH, EVAL_BATCH_DEFAULT, predict_logits
+from lenet_hpo.training import EVAL_BATCH, EVAL_BATCH_DEFAULT, predict_logits
 
 TUNED = BASELINE.replace(c1=9, c3=33, f5=81, f6=45, activation="gelu", pooling="max", batch_norm=True, dropout=0.16)
 BATCHES = (128, 256, 512, 1024)

@@ -54,7 +54,7 @@ def sample_configs(spec: StudySpec, n: int, seed: int) -> list[dict[str, Any]]:
 def run_one(job: tuple[str, dict[str, Any], int, int]) -> dict[str, Any]:
     from lenet_hpo.config import TrialConfig
     from lenet_hpo.search.studyfile import load_spec
-    from lenet_hpo.train import Probe, train
+    from lenet_hpo.training import Probe, train
 
     study, cfg_dict, epochs, subset = job
     torch.set_num_threads(1)

@@ -32,7 +32,7 @@ from lenet_hpo.search import run_search
 from lenet_hpo.search.layout import cpu_model, default_layout
 from lenet_hpo.search.space import StudySpec
 from lenet_hpo.search.studyfile import load_spec
-from lenet_hpo.train import native_bf16, resolve_device
+from lenet_hpo.training import native_bf16, resolve_device
 
 DEFAULT_STUDIES = ["studies/mnist.toml", "benchmarks/studies/mnist-epoch-rungs.toml"]
 

@@ -29,7 +29,7 @@ import torch
 from lenet_hpo.config import BASELINE, TrialConfig
 from lenet_hpo.data import load_data
 from lenet_hpo.model import build_model
-from lenet_hpo.train import native_bf16, train
+from lenet_hpo.training import native_bf16, train
 
 EPOCH = 50_000
 TUNED = BASELINE.replace(c1=9, c3=33, f5=81, f6=45, activation="gelu", pooling="max", batch_norm=True)

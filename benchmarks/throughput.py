@@ -25,7 +25,7 @@ from lenet_hpo.config import BASELINE
 from lenet_hpo.data import default_data_dir, fetch, load_data
 from lenet_hpo.model import build_model, count_macs
 from lenet_hpo.search.layout import best_cpu_layout
-from lenet_hpo.train import train
+from lenet_hpo.training import train
 
 EPOCH = 60_000
 

@@ -17,7 +17,8 @@ README's commands as a user would:
 
 Runs go in the order --order gives (default: a, or a,b,a,b with --b), so drifts in machine
 speed hit both configurations alike.  Per run it prints each phase's wall time, epochs
-trained, the best trial and its validation accuracy, the tuned and baseline test means, the
+trained, the best trial and its validation accuracy (and the best of the sampler's random
+start-up trials against the best of those it chose), the tuned and baseline test means, the
 verdict (p, test-set interval, probability of improvement) and how many seed pairs it
 needed; then medians per configuration and b / a ratios.  On an AVX-512 machine, set
 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 to time the AVX2 code paths (printed).
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +72,26 @@ def phase(cmd: list[str], root: Path, work: Path, env: dict[str, str]) -> tuple[
     return seconds, json.loads(done.stdout)
 
 
-def search_epochs(work: Path, study: str) -> float:
-    trials = optuna.load_study(study_name=study, storage=f"sqlite:///{work / 'studies' / f'{study}.db'}").trials
-    return sum(float(t.user_attrs.get("epochs_trained", len(t.user_attrs.get("history", [])))) for t in trials)
+def search_figures(work: Path, study: str) -> dict[str, float]:
+    """Epochs trained, and whether the sampler beat its start-up trials: the best completed value
+    among the first n_startup_trials (the baseline and [[start]] trials aside: random draws)
+    against the best of the trials the model chose."""
+    stored = optuna.load_study(study_name=study, storage=f"sqlite:///{work / 'studies' / f'{study}.db'}")
+    trials = stored.trials
+    startup = int(tomllib.loads((work / "studies" / f"{study}.toml").read_text()).get("sampler", {})
+                  .get("n_startup_trials", 10))
+    drawn = [t for t in trials if t.user_attrs.get("role") is None and "start" not in t.user_attrs]
+
+    def best(ts: list[optuna.trial.FrozenTrial]) -> float:
+        return max((t.value for t in ts if t.state.name == "COMPLETE"), default=float("nan"))
+
+    return {
+        "search_epochs": sum(float(t.user_attrs.get("epochs_trained", len(t.user_attrs.get("history", []))))
+                             for t in trials),
+        "best_random_startup": best([t for t in drawn if t.number < startup]),
+        "best_model_based": best([t for t in drawn if t.number >= startup]),
+        "start_trial": best([t for t in trials if "start" in t.user_attrs]),
+    }
 
 
 def one_run(label: str, cfg: dict[str, Any], args: argparse.Namespace, k: int) -> dict[str, Any]:
@@ -92,7 +111,7 @@ def one_run(label: str, cfg: dict[str, Any], args: argparse.Namespace, k: int) -
     stopping = r.get("stopping") or {"pairs": r["n_seeds"], "max_pairs": r["n_seeds"], "reason": "fixed design"}
     row = {
         "config": label, "run": k + 1, "search_s": s_time, "retrain_s": r_time, "report_s": p_time,
-        "total_s": s_time + r_time + p_time, "search_epochs": search_epochs(work, study),
+        "total_s": s_time + r_time + p_time, **search_figures(work, study),
         "retrain_epochs": int(trained.epochs.sum()), "best_trial": s.get("best_number", s.get("best_trial")),
         "best_val": s.get("best_value"), "retrained_trial": r["trial"], "tuned_test": r["best"]["mean"],
         "baseline_test": r[next(iter(r["comparisons"]))]["mean"], "p": d["p_value"],
@@ -102,7 +121,8 @@ def one_run(label: str, cfg: dict[str, Any], args: argparse.Namespace, k: int) -
         "why": stopping["reason"], "work": str(work),
     }
     print(f"{label} run {k + 1}: search {s_time:.0f} s ({row['search_epochs']:.1f} epochs, best {row['best_val']:.4f}"
-          f" trial {row['best_trial']}), retrain-best {r_time:.0f} s ({row['retrain_epochs']} epochs, trial"
+          f" trial {row['best_trial']}; best random start-up {row['best_random_startup']:.4f}, best model-based"
+          f" {row['best_model_based']:.4f}), retrain-best {r_time:.0f} s ({row['retrain_epochs']} epochs, trial"
           f" {r['trial']}: {row['tuned_test']:.4f} vs {row['baseline_test']:.4f}, p = {d['p_value']:.2g}, test-set"
           f" [{100 * row['test_set_lo']:+.2f}, {100 * row['test_set_hi']:+.2f}] points, P(better)"
           f" {row['prob_improvement']}, {row['why']}), report {p_time:.0f} s; total {row['total_s']:.0f} s",
@@ -148,7 +168,7 @@ def main() -> None:
         seen[c] += 1
     table = pd.DataFrame(rows)
     keys = ["search_s", "retrain_s", "report_s", "total_s", "search_epochs", "retrain_epochs", "best_val",
-            "tuned_test", "baseline_test", "p", "pairs"]
+            "best_random_startup", "best_model_based", "tuned_test", "baseline_test", "p", "pairs"]
     med = table.groupby("config")[keys].median()
     print("\nmedians per configuration")
     print(med.round(4).to_string())

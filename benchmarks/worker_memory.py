@@ -17,7 +17,7 @@ import torch
 
 from lenet_hpo.config import TrialConfig
 from lenet_hpo.search.studyfile import load_spec
-from lenet_hpo.train import train
+from lenet_hpo.training import train
 
 
 def uss_mb() -> float:

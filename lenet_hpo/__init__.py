@@ -31,11 +31,12 @@ _EXPORTS = {
     "CLASSIC": "lenet_hpo.classic",
     "Dataset": "lenet_hpo.data",
     "load_data": "lenet_hpo.data",
-    "train": "lenet_hpo.train",
-    "TrainResult": "lenet_hpo.train",
-    "EpochStats": "lenet_hpo.train",
-    "Probe": "lenet_hpo.train",
+    "train": "lenet_hpo.training",
+    "TrainResult": "lenet_hpo.training",
+    "EpochStats": "lenet_hpo.training",
+    "Probe": "lenet_hpo.training",
     "build_model": "lenet_hpo.model",
+    "export": "lenet_hpo.folders",
     "train_final": "lenet_hpo.final",
     "FinalRun": "lenet_hpo.final",
     "StudySpec": "lenet_hpo.search",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         StudyError,
     )
     from lenet_hpo.final import FinalRun, train_final
+    from lenet_hpo.folders import export
     from lenet_hpo.model import build_model
     from lenet_hpo.predict import Prediction, open_checkpoint, predict_images
     from lenet_hpo.report import ReportFiles, build_report, figures
@@ -129,4 +131,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from lenet_hpo.search.pruning import NoisePruner
     from lenet_hpo.search.storage import storage_url
     from lenet_hpo.sequential import Look, Stopping
-    from lenet_hpo.train import EpochStats, Probe, TrainResult, train
+    from lenet_hpo.training import EpochStats, Probe, TrainResult, train

@@ -113,7 +113,7 @@ def train_command(args: argparse.Namespace) -> int:
     """
     from lenet_hpo.files import check_output_dir, runs_dir
     from lenet_hpo.final import config_named_or_file, train_final
-    from lenet_hpo.train import resolve_device
+    from lenet_hpo.training import resolve_device
 
     args.out = args.out or runs_dir()
     check_output_dir(args.out, "--out")  # the default too: a run is never thrown away for want of a folder

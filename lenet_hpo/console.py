@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # annotations only: `--help` does not wait for torch and optu
     from lenet_hpo.retrain import EpochDone, RetrainResult
     from lenet_hpo.search import Progress, SearchSummary, TrialEvent
     from lenet_hpo.sequential import Look
-    from lenet_hpo.train import EpochStats
+    from lenet_hpo.training import EpochStats
 
 PROG = "python -m lenet_hpo"
 
@@ -42,7 +42,7 @@ def trial_line(t: FrozenTrial) -> str:
     hist = t.user_attrs.get("history", [])
     epochs = float(t.user_attrs.get("epochs_trained", len(hist)))
     secs = float(t.user_attrs.get("seconds_trained", sum(h["seconds"] for h in hist)))
-    role = " (baseline)" if is_baseline(t) else ""
+    role = " (baseline)" if is_baseline(t) else " (a [[start]] configuration)" if "start" in t.user_attrs else ""
     if t.state.name == "COMPLETE":
         what = f"val_acc {t.values[0]:.4f}"
         if len(t.values) > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +35,11 @@ def project_dir() -> Path:
         if any((folder / STUDIES).glob("*.toml")):
             return Path() if folder == here else folder
     return Path()
+
+
+def installed_studies() -> Path:
+    """Where `pip install` put the project's study files (pyproject's data-files)."""
+    return Path(sys.prefix) / "share" / "lenet-hpo" / STUDIES
 
 
 def studies_dir() -> Path:

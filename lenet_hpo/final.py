@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lenet_hpo import classic, config, data, model, sdlm, train
+from lenet_hpo import classic, config, data, model, sdlm, training
 from lenet_hpo.checkpoint import load_checkpoint, save_checkpoint
 from lenet_hpo.classic import CLASSIC
 from lenet_hpo.config import BASELINE, TrialConfig, load_config
@@ -38,7 +38,7 @@ from lenet_hpo.data import Dataset, scale_input
 from lenet_hpo.errors import CheckpointError, ConfigError
 from lenet_hpo.files import atomic_write_bytes, cache_dir
 from lenet_hpo.model import count_macs
-from lenet_hpo.train import OnEpoch, predict_logits, resolve_device, resolve_precision
+from lenet_hpo.training import OnEpoch, predict_logits, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 NAMED_CONFIGS: dict[str, TrialConfig] = {"baseline": BASELINE, "classic": CLASSIC}
@@ -63,6 +63,8 @@ def config_named_or_file(text: str) -> tuple[str, TrialConfig]:
 
 @dataclass(frozen=True)
 class FinalRun:
+    """One final run (`train_final`): a config on one seed, fitted on train + validation and tested."""
+
     role: str  # "best", a named config ("baseline", "classic") or a config file's name
     seed: int
     test_accuracy: float
@@ -160,7 +162,7 @@ def train_final(
         done = _stored_run(path, cfg, dataset, prec)
         if done is not None:
             return replace(done, role=role, source="cached")
-    result = train.train(cfg, dataset, device=dev, on_epoch=on_epoch, held_out="test", precision=prec)
+    result = training.train(cfg, dataset, device=dev, on_epoch=on_epoch, held_out="test", precision=prec)
     history = [e.to_dict() for e in result.history]
     completed = result.outcome == "completed" and result.last is not None
     run = FinalRun(
@@ -189,7 +191,7 @@ def train_final(
 def _code_digest() -> str:
     """SHA-256 of the modules whose code decides a training run's result."""
     h = hashlib.sha256()
-    for module in (classic, config, data, model, sdlm, train):
+    for module in (classic, config, data, model, sdlm, training):
         h.update(Path(module.__file__ or "").read_bytes())
     return h.hexdigest()
 

@@ -55,7 +55,7 @@ from lenet_hpo.folders import flatten, to_side
 from lenet_hpo.search.storage import resolve_url
 from lenet_hpo.search.studies import open_study, retrain_dir
 from lenet_hpo.search.studyfile import load_spec, study_path
-from lenet_hpo.train import predict_logits
+from lenet_hpo.training import predict_logits
 
 # Extensions of the formats Pillow can open here (".png", ".jpg", ".webp", ...).
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
@@ -313,6 +313,8 @@ def open_checkpoint(
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's prediction (`predict_images`): the most probable class and the top k."""
+
     path: Path
     label: str  # class name of the most probable class
     probability: float  # its softmax probability

@@ -31,7 +31,7 @@ from lenet_hpo.page import html_page, markdown_page, pct
 from lenet_hpo.retrain import RetrainResult, load_result
 from lenet_hpo.search.space import check_name
 from lenet_hpo.search.studies import open_study
-from lenet_hpo.train import EpochStats, predict_logits
+from lenet_hpo.training import EpochStats, predict_logits
 
 COLORS = {"best": "#1f77b4", "baseline": "#d62728", "classic": "#2ca02c"}
 GALLERY = 32
@@ -39,6 +39,8 @@ GALLERY = 32
 
 @dataclass(frozen=True)
 class ReportFiles:
+    """What `build_report` wrote, with the verdict and its statistics."""
+
     html: Path
     markdown: Path
     gallery_png: Path
@@ -363,6 +365,9 @@ def build_report(
     data_dir: Path | None = None,
     studies_dir: Path | None = None,
 ) -> ReportFiles:
+    """Write the best-vs-baseline report of a retrained study: reports/<name>/<key>/report.html
+    (self-contained, opens offline), report.md and misclassified.png; returns their paths,
+    the verdict and "How sure are we?" (`Confidence`)."""
     check_name(study_name, "report")
     stored = open_study(study_name, url)
     study = stored.study

@@ -59,7 +59,7 @@ from lenet_hpo.stats import (
     summarize,
     with_test_set,
 )
-from lenet_hpo.train import EpochStats, resolve_device, resolve_precision, train
+from lenet_hpo.training import EpochStats, resolve_device, resolve_precision, train
 
 RESCORE_SEED_BASE = 1000  # --top-k re-scoring seeds: disjoint from the retraining seeds 0..n-1
 

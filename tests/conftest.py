@@ -147,5 +147,6 @@ def retrained(searched):
     from lenet_hpo.retrain import retrain_best
 
     root, url, _ = searched
-    result = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=2, studies_dir=root / "studies")
+    result = retrain_best("s", url, seeds=3, epochs=2, device="cpu", workers=2, studies_dir=root / "studies",
+                          early_stop=False)
     return root, url, result

@@ -63,3 +63,32 @@ def test_side_by_side_reports_each_run_and_the_ratio(tmp_path, monkeypatch, caps
     assert epochs == {"a": 4.0, "b": 2.0}  # 2 trials x 2 epochs, and x 1
     assert "| a |" in out and "| b |" in out
     assert re.search(r"^a / b: wall time [\d.]+x, epochs 2\.00x$", out, re.MULTILINE)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_time_to_verdict_runs_the_users_commands_in_turns(mnist_dir, tmp_path, monkeypatch, capsys):
+    """Two configurations of the smoke study (early stop against the fixed design), in turns, each
+    from an empty run cache; what it prints is what each run's summary.json holds."""
+    import json
+
+    from benchmarks import time_to_verdict as T
+
+    root = str(Path(__file__).parents[1])
+    argv = ["time_to_verdict.py", "--a", root, "--a-study", "smoke", "--a-retrain", "--seeds 3 --epochs 1",
+            "--b", root, "--b-study", "smoke", "--b-retrain", "--seeds 3 --epochs 1 --no-early-stop",
+            "--order", "a,b", "--trials", "3", "--precision", "fp32", "--data-dir", str(mnist_dir),
+            "--keep", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    T.main()
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if re.match(r"^[ab] run 1: search \d+ s", line)]
+    assert [line[0] for line in lines] == ["a", "b"]
+    assert "total_s: " in out and "ratios a / b" in out
+    summaries = {w.name.split("-")[1][0]: json.loads(next(w.glob("studies/smoke/*/retrain/summary.json")).read_text())
+                 for w in tmp_path.glob("verdict-*")}
+    for s in summaries.values():  # each run began from an empty run cache: its baselines were trained
+        assert set(s["baseline"]["sources"]) == {"trained"}
+    b = summaries["b"]
+    assert b["stopping"]["early_stop"] is False and b["n_seeds"] == 3 and "fixed design" in lines[1]
+    assert f"p = {b['difference']['p_value']:.2g}" in lines[1]

@@ -4,7 +4,7 @@ import torch
 from lenet_hpo.checkpoint import load_checkpoint, save_checkpoint
 from lenet_hpo.config import BASELINE
 from lenet_hpo.errors import CheckpointError
-from lenet_hpo.train import train
+from lenet_hpo.training import train
 
 FAST = BASELINE.replace(activation="relu", pooling="max", optimizer="adam", lr=3e-3, batch_size=64, epochs=3)
 

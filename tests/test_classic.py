@@ -30,7 +30,7 @@ from lenet_hpo.model import build_model, count_connections, count_macs, count_pa
 from lenet_hpo.sdlm import SDLM
 from lenet_hpo.search.space import config_from_params, params_for
 from lenet_hpo.search.studyfile import load_spec
-from lenet_hpo.train import loss_logits, make_loss, make_optimizer, make_schedule, train
+from lenet_hpo.training import loss_logits, make_loss, make_optimizer, make_schedule, train
 
 # Table I of the paper: rows are S2 maps, columns C3 maps; X marks a connection.
 TABLE_I = """

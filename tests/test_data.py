@@ -57,7 +57,7 @@ def test_load_data_parts_and_meta(synthetic):
 @pytest.mark.realdata
 def test_real_mnist_is_verified_and_learnable(mnist_dir):
     from lenet_hpo.config import BASELINE
-    from lenet_hpo.train import train
+    from lenet_hpo.training import train
 
     data = D.load_data("mnist", data_dir=mnist_dir, train_limit=6000)
     assert (len(data.val), len(data.test)) == (10_000, 10_000)

@@ -5,7 +5,7 @@ import torch
 
 from lenet_hpo.config import ACTIVATIONS, BASELINE, INITS, OPTIMIZERS, POOLINGS, SCHEDULES, TrialConfig
 from lenet_hpo.model import build_model, count_macs, count_params
-from lenet_hpo.train import make_optimizer, make_schedule
+from lenet_hpo.training import make_optimizer, make_schedule
 
 
 def test_baseline_parameter_count():

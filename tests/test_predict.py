@@ -16,7 +16,7 @@ from lenet_hpo.data import load_data, scale_input, to_32
 from lenet_hpo.errors import CheckpointError, ImageError, StorageError
 from lenet_hpo.model import build_model
 from lenet_hpo.search.studies import retrain_dir
-from lenet_hpo.train import train
+from lenet_hpo.training import train
 
 FAST = BASELINE.replace(activation="relu", pooling="max", optimizer="adam", lr=3e-3, batch_size=64, epochs=3)
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)

@@ -9,7 +9,7 @@ from lenet_hpo.classic import CLASSIC, RBFOutput, Subsample, TableConv2d, digit_
 from lenet_hpo.config import BASELINE
 from lenet_hpo.model import build_model, make_activation
 from lenet_hpo.sdlm import SDLM, diagonal_step, gauss_newton_diagonal, paper_diagonal
-from lenet_hpo.train import loss_logits
+from lenet_hpo.training import loss_logits
 
 
 class TinyNet(nn.Module):

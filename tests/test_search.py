@@ -15,7 +15,7 @@ from lenet_hpo.errors import StudyError
 from lenet_hpo.search import WarmStart, run_search
 from lenet_hpo.search.studies import study_record
 from lenet_hpo.search.studyfile import load_spec
-from lenet_hpo.train import Probe, resolve_precision, train
+from lenet_hpo.training import Probe, resolve_precision, train
 
 
 @pytest.fixture

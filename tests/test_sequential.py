@@ -1,10 +1,12 @@
 """The group-sequential verdict: its error rate between equal models, and retrain-best stopping on it."""
 
+import io
+
 import numpy as np
 import pytest
 from scipy import stats as st
 
-from lenet_hpo import retrain
+from lenet_hpo import console, retrain
 from lenet_hpo.cli import main
 from lenet_hpo.final import FinalRun
 from lenet_hpo.retrain import retrain_best
@@ -71,9 +73,13 @@ def test_a_settled_comparison_stops_early_and_says_why(searched, tmp_path, fake_
     monkeypatch.chdir(tmp_path)
     argv = ["retrain-best", "--study", "s", "--storage", url, "--epochs", "1", "--device", "cpu", "--workers", "1"]
     assert main(argv) == 0
-    captured = capfd.readouterr()
-    assert "verdict after 2 of at most 5 seed pairs" in captured.err and "going on" in captured.err
-    assert "seeds: settled after 3 of at most 5 seed pairs" in captured.out
+    assert "seeds: settled after 3 of at most 5 seed pairs" in capfd.readouterr().out
+    shown = io.StringIO()  # the console's line after each pair, as retrain-best prints it
+    bar = console.EpochBar("retrain", 50, stream=shown, tty=False)
+    for x in looks:
+        bar.on_look(x)
+    assert shown.getvalue().splitlines()[0].startswith("verdict after 2 of at most 5 seed pairs: +0.50 points")
+    assert shown.getvalue().splitlines()[0].endswith("going on") and bar.total == bar.done  # settled: no more epochs
 
 
 def test_no_early_stop_trains_every_seed_pair(searched, tmp_path, fake_runs):

@@ -39,7 +39,7 @@ from lenet_hpo.search import run_search
 from lenet_hpo.search.space import config_from_params
 from lenet_hpo.search.storage import Heartbeat
 from lenet_hpo.search.studyfile import load_spec
-from lenet_hpo.train import train
+from lenet_hpo.training import train
 
 postgres = pytest.mark.postgres
 pytestmark = pytest.mark.slow  # every test here runs searches as separate processes

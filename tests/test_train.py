@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 from lenet_hpo.classic import CLASSIC
 from lenet_hpo.config import BASELINE
 from lenet_hpo.data import scale_input
-from lenet_hpo.train import EpochStats, evaluate_tensors, resolve_device, resolve_precision, train
+from lenet_hpo.training import EpochStats, evaluate_tensors, resolve_device, resolve_precision, train
 
 FAST = BASELINE.replace(activation="relu", pooling="max", optimizer="adam", lr=3e-3, batch_size=64, epochs=3)
 
@@ -72,7 +72,7 @@ def test_resolve_device():
 
 
 def test_random_shift_translates_whole_images_with_blank_fill():
-    from lenet_hpo.train import random_shift
+    from lenet_hpo.training import random_shift
 
     x = torch.randint(1, 255, (500, 1, 8, 8), dtype=torch.uint8)
     y = random_shift(x, 2, torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ from lenet_hpo.data import Dataset
 from lenet_hpo.model import build_model, count_macs
 from lenet_hpo.search.space import StudySpec, suggest_config
 from lenet_hpo.search.studies import is_baseline
-from lenet_hpo.train import EpochStats, Probe, resolve_precision, train
+from lenet_hpo.training import EpochStats, Probe, resolve_precision, train
 
 
 class Objective:

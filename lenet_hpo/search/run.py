@@ -6,6 +6,8 @@ import logging
 import time
 from pathlib import Path
 
+import optuna
+
 from lenet_hpo.notebook import SearchDisplay, wants_display
 from lenet_hpo.search.layout import default_layout
 from lenet_hpo.search.space import StudySpec
@@ -13,7 +15,7 @@ from lenet_hpo.search.storage import DEFAULT_HEARTBEAT, Heartbeat
 from lenet_hpo.search.study import WarmStart, prepare_study
 from lenet_hpo.search.watch import OnEvent, OnProgress, SearchSummary, Watcher, search_summary
 from lenet_hpo.search.worker import WorkerArgs, run_processes, run_worker
-from lenet_hpo.train import resolve_device
+from lenet_hpo.training import resolve_device
 
 
 def run_search(
@@ -40,7 +42,8 @@ def run_search(
     second.  `progress`: draw a live display in a Jupyter notebook (None: there, when no
     callbacks are given; `lenet_hpo.notebook`)."""
     if wants_display(progress, on_event, on_progress):
-        view = SearchDisplay(spec.name, n_trials)
+        view, verbosity = SearchDisplay(spec.name, n_trials), optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the display shows the trials, not Optuna's lines
         try:
             return run_search(
                 spec, url, n_trials, workers=workers, threads=threads, timeout=timeout, sampler_seed=sampler_seed,
@@ -49,6 +52,7 @@ def run_search(
             )
         finally:
             view.close()
+            optuna.logging.set_verbosity(verbosity)
     start = time.monotonic()
     dev = resolve_device(device)
     n_workers, threads = default_layout(dev, workers, threads)

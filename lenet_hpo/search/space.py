@@ -74,6 +74,8 @@ class Param:
 
 @dataclass(frozen=True)
 class StudySpec:
+    """A study file, checked (`load_spec`): its data, budget, sampler, pruner and search space."""
+
     name: str
     path: Path | None
     text: str  # the file's contents, recorded in the study

@@ -51,6 +51,7 @@ from lenet_hpo.acquire import DATASETS
 from lenet_hpo.config import PRECISIONS
 from lenet_hpo.data import RESIZE_MODES
 from lenet_hpo.errors import ConfigError, StudyError
+from lenet_hpo.files import installed_studies
 from lenet_hpo.files import studies_dir as default_studies_dir
 from lenet_hpo.folders import FolderOptions
 from lenet_hpo.search.space import (
@@ -86,11 +87,14 @@ _PARAM_KEYS = {"low", "high", "log", "step", "choices", "when", "off"}
 
 
 def study_path(study: str, studies_dir: Path | None = None) -> Path:
-    """`mnist` -> studies/mnist.toml; a path to a .toml file is taken as is."""
+    """`mnist` -> studies/mnist.toml (where there is no such file and no `studies_dir` was
+    given: the one installed with the package, if any); a path to a .toml file as is."""
     if study.endswith(".toml"):
         return Path(study)
     check_name(study)
-    return (studies_dir or default_studies_dir()) / f"{study}.toml"
+    path = (studies_dir or default_studies_dir()) / f"{study}.toml"
+    installed = installed_studies() / path.name
+    return installed if studies_dir is None and not path.exists() and installed.is_file() else path
 
 
 def study_name(study: str) -> str:
@@ -103,6 +107,7 @@ def available_studies(studies_dir: Path | None = None) -> list[str]:
 
 
 def load_spec(study: str, studies_dir: Path | None = None) -> StudySpec:
+    """Read and check a study file: a name (studies/<name>.toml) or a path to a .toml file."""
     path = study_path(study, studies_dir)
     if not path.is_file():
         known = ", ".join(available_studies(path.parent)) or "none"

@@ -90,6 +90,8 @@ class TrialEvent:
 
 @dataclass(frozen=True)
 class Progress:
+    """A search's state about once a second (`run_search`'s on_progress): counts and the best so far."""
+
     finished: int  # COMPLETE + PRUNED
     total: int  # the study-wide budget
     running: int

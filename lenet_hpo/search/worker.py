@@ -37,7 +37,7 @@ from lenet_hpo.search.objective import Objective
 from lenet_hpo.search.space import StudySpec, trial_seed
 from lenet_hpo.search.storage import DEFAULT_HEARTBEAT, ClaimLock, Heartbeat, open_storage
 from lenet_hpo.search.studies import count_states
-from lenet_hpo.train import resolve_device, resolve_precision
+from lenet_hpo.training import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 WAIT_FOR_RUNNING_S = 1.0  # how long a worker waits before asking again whether running trials need retries

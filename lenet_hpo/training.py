@@ -47,6 +47,8 @@ NAN_CHECK_EVERY = 50  # steps between divergence checks (a check is a host sync 
 
 @dataclass(frozen=True)
 class EpochStats:
+    """One epoch of `train()`: its training loss and accuracy, and the held-out split's."""
+
     epoch: int  # 1-based
     train_loss: float  # the config's loss, mean over the epoch's samples, model in training mode
     train_acc: float  # fraction in [0, 1]
@@ -97,6 +99,8 @@ class Probe:
 
 @dataclass
 class TrainResult:
+    """What `train()` returns: the trained model, its per-epoch history and how it ended."""
+
     model: nn.Module
     history: list[EpochStats] = field(default_factory=list)
     outcome: str = "completed"  # "completed" or "diverged" (NaN/inf loss)
