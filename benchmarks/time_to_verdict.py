@@ -50,10 +50,9 @@ HERE = Path(__file__).resolve().parents[1]
 
 def study_copy(root: Path, study: str, work: Path, precision: str | None) -> None:
     """ROOT's study files in `work/studies`, the study's precision set where asked."""
-    shutil.copytree(root / "studies", work / "studies", ignore=shutil.ignore_patterns("*.db", "*.db-*", "*/"))
-    for extra in (root / "studies").iterdir():  # drop copied run folders: only the .toml files matter
-        if extra.is_dir():
-            shutil.rmtree(work / "studies" / extra.name, ignore_errors=True)
+    (work / "studies").mkdir(parents=True)
+    for path in (root / "studies").glob("*.toml"):  # the files only: no databases, no earlier runs
+        shutil.copy(path, work / "studies")
     if precision is None:
         return
     path = work / "studies" / f"{study}.toml"

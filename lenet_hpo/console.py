@@ -59,7 +59,8 @@ def trial_line(t: FrozenTrial) -> str:
 STATUS_EVERY_S = 30.0  # a log gets a status line at most this often
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """h:mm:ss or m:ss, for elapsed times and ETAs."""
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
@@ -120,7 +121,7 @@ class SearchLog:
             return
         best = "-" if p.best_value is None else f"{p.best_value:.4f}"
         self._emit(f"status: {p.finished}/{p.total} finished, {p.running} running, {p.failed} failed, best {best},"
-                   f" {_duration(p.seconds)} elapsed, ETA {'-' if eta is None else _duration(eta)}")
+                   f" {duration(p.seconds)} elapsed, ETA {'-' if eta is None else duration(eta)}")
 
     def done(self, summary: SearchSummary) -> None:
         self.close()
@@ -181,8 +182,8 @@ class EpochBar:
         self.last_status = now
         done, total, elapsed = self.done, self.total, now - self.started
         trained = done - self.skipped  # epochs taken from the cache or an earlier run took no time
-        eta = _duration(elapsed / trained * (total - done)) if trained else "-"
-        self.stream.write(f"{self.desc}: {done}/{total} epochs, {_duration(elapsed)} elapsed, ETA {eta}\n")
+        eta = duration(elapsed / trained * (total - done)) if trained else "-"
+        self.stream.write(f"{self.desc}: {done}/{total} epochs, {duration(elapsed)} elapsed, ETA {eta}\n")
         self.stream.flush()
 
     def _update(self, n: int) -> None:

@@ -32,11 +32,6 @@ def in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m} min {s:02d} s" if m else f"{s} s"
-
-
 class LiveDisplay:
     """One HTML block in the notebook, redrawn in place."""
 
@@ -51,14 +46,16 @@ class LiveDisplay:
         self.handle = display(HTML(self.render()), display_id=True)
 
     def render(self) -> str:
+        from lenet_hpo.console import duration
+
         elapsed = self.clock() - self.started
         worked = self.done - self.skipped
-        eta = _duration(elapsed / worked * (self.total - self.done)) if worked and self.done < self.total else "-"
+        eta = duration(elapsed / worked * (self.total - self.done)) if worked and self.done < self.total else "-"
         lines = "".join(f"<div>{html.escape(line)}</div>" for line in self.lines)
         return (
             f"<div class='lenet-hpo-progress' style='font-family:monospace;font-size:90%'>"
             f"<b>{html.escape(self.title)}</b> <progress value='{self.done}' max='{max(self.total, 1)}'"
-            f" style='width:40%'></progress> {self.done}/{self.total} {self.unit}, {_duration(elapsed)} elapsed,"
+            f" style='width:40%'></progress> {self.done}/{self.total} {self.unit}, {duration(elapsed)} elapsed,"
             f" ETA {eta}{' · ' + html.escape(self.note) if self.note else ''}{lines}</div>"
         )
 
