@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_verdict.py [--a ROOT] [--a-study mnist] [--a-retrain "FLAGS"]
                                          [--b ROOT --b-study ... --b-retrain ...] [--order a,b,a]
-                                         [--trials 50] [--precision fp32] [--seed S] [--keep DIR]
+                                         [--trials 50] [--precision fp32] [--seeds 0,1] [--keep DIR]
 
 A configuration is a checkout of lenet-hpo (ROOT, default: this one; e.g. a `git worktree`
 of an older commit), a study of its `studies/` and extra retrain-best flags.  Each run gets
@@ -98,7 +98,8 @@ def one_run(label: str, cfg: dict[str, Any], args: argparse.Namespace, k: int) -
     work = Path(tempfile.mkdtemp(prefix=f"verdict-{label}{k}-", dir=args.keep))
     study_copy(root, study, work, args.precision)
     env = {**os.environ, "LENET_HPO_CACHE_DIR": str(work / "cache"), "LENET_HPO_DATA_DIR": str(args.data_dir)}
-    seed = ["--seed", str(args.seed)] if args.seed is not None else []
+    sampler_seed = args.seeds[k % len(args.seeds)] if args.seeds else None
+    seed = ["--seed", str(sampler_seed)] if sampler_seed is not None else []
     precision = ["--precision", args.precision] if args.precision else []
     s_time, s = phase(["search", "--study", study, "--trials", str(args.trials), *seed, "--json"], root, work, env)
     r_time, r = phase(["retrain-best", "--study", study, *precision, *shlex.split(cfg["retrain"]), "--json"],
@@ -109,7 +110,8 @@ def one_run(label: str, cfg: dict[str, Any], args: argparse.Namespace, k: int) -
     d = r["difference"]
     stopping = r.get("stopping") or {"pairs": r["n_seeds"], "max_pairs": r["n_seeds"], "reason": "fixed design"}
     row = {
-        "config": label, "run": k + 1, "search_s": s_time, "retrain_s": r_time, "report_s": p_time,
+        "config": label, "run": k + 1, "sampler_seed": sampler_seed, "search_s": s_time, "retrain_s": r_time,
+        "report_s": p_time,
         "total_s": s_time + r_time + p_time, **search_figures(work, study),
         "retrain_epochs": int(trained.epochs.sum()), "best_trial": s.get("best_number", s.get("best_trial")),
         "best_val": s.get("best_value"), "retrained_trial": r["trial"], "tuned_test": r["best"]["mean"],
@@ -119,7 +121,9 @@ def one_run(label: str, cfg: dict[str, Any], args: argparse.Namespace, k: int) -
         "prob_improvement": d.get("prob_improvement"), "pairs": stopping["pairs"], "max_pairs": stopping["max_pairs"],
         "why": stopping["reason"], "work": str(work),
     }
-    print(f"{label} run {k + 1}: search {s_time:.0f} s ({row['search_epochs']:.1f} epochs, best {row['best_val']:.4f}"
+    seed_said = sampler_seed if seed else "as in the file"
+    print(f"{label} run {k + 1} (sampler seed {seed_said}): search {s_time:.0f} s ({row['search_epochs']:.1f} epochs,"
+          f" best {row['best_val']:.4f}"
           f" trial {row['best_trial']}; best random start-up {row['best_random_startup']:.4f}, best model-based"
           f" {row['best_model_based']:.4f}), retrain-best {r_time:.0f} s ({row['retrain_epochs']} epochs, trial"
           f" {r['trial']}: {row['tuned_test']:.4f} vs {row['baseline_test']:.4f}, p = {d['p_value']:.2g}, test-set"
@@ -139,7 +143,8 @@ def main() -> None:
         ap.add_argument(f"--{c}-retrain", default="", help="extra retrain-best flags, e.g. '--seeds 5 --no-early-stop'")
     ap.add_argument("--order", default=None, help="runs in turns, e.g. a,b,a (default: a, or a,b,a,b with --b)")
     ap.add_argument("--trials", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=None, help="sampler seed (default: the study files')")
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="sampler seeds, e.g. 0,1: a configuration's runs take them in turn (default: the files')")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                     help="precision of every phase (default: the study files')")
     ap.add_argument("--data-dir", type=Path, default=HERE / "data", help="the data folder every run shares")

@@ -233,11 +233,15 @@ class RunCache:
         ck = self.directory / f"{key}.pt"
         return ck, predictions_path(ck)
 
+    def has(self, key: str) -> bool:
+        """Whether run `key` is cached (checkpoint and predictions)."""
+        return all(p.exists() for p in self._files(key))
+
     def restore(self, key: str, path: Path) -> bool:
         """Copy the cached run `key` to `path` (and its predictions); False when not cached."""
-        ck, preds = self._files(key)
-        if not (ck.exists() and preds.exists()):
+        if not self.has(key):
             return False
+        ck, preds = self._files(key)
         atomic_write_bytes(path, ck.read_bytes())
         atomic_write_bytes(predictions_path(path), preds.read_bytes())
         return True

@@ -78,12 +78,12 @@ def test_time_to_verdict_runs_the_users_commands_in_turns(mnist_dir, tmp_path, m
     argv = ["time_to_verdict.py", "--a", root, "--a-study", "smoke", "--a-retrain", "--seeds 3 --epochs 1",
             "--b", root, "--b-study", "smoke", "--b-retrain", "--seeds 3 --epochs 1 --no-early-stop",
             "--order", "a,b", "--trials", "3", "--precision", "fp32", "--data-dir", str(mnist_dir),
-            "--keep", str(tmp_path)]
+            "--seeds", "3", "--keep", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     T.main()
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if re.match(r"^[ab] run 1: search \d+ s", line)]
-    assert [line[0] for line in lines] == ["a", "b"]
+    lines = [line for line in out.splitlines() if re.match(r"^[ab] run 1 \(sampler seed [^)]*\): search \d+ s", line)]
+    assert [line[0] for line in lines] == ["a", "b"] and all("(sampler seed 3)" in line for line in lines)
     assert "total_s: " in out and "ratios a / b" in out
     summaries = {w.name.split("-")[1][0]: json.loads(next(w.glob("studies/smoke/*/retrain/summary.json")).read_text())
                  for w in tmp_path.glob("verdict-*")}

@@ -13,7 +13,7 @@ from lenet_hpo.checkpoint import load_checkpoint
 from lenet_hpo.cli import main
 from lenet_hpo.config import BASELINE
 from lenet_hpo.errors import StudyError
-from lenet_hpo.retrain import RetrainResult, load_result, retrain_best
+from lenet_hpo.retrain import Job, RetrainResult, _in_order, load_result, retrain_best
 from lenet_hpo.search.studies import open_study, retrain_dir
 from lenet_hpo.training import resolve_precision
 
@@ -154,3 +154,17 @@ def test_a_same_named_study_on_another_storage_never_reads_these_results(retrain
     finally:
         shutil.rmtree(copied.parent)
     assert r.source == here.identity
+
+
+def test_runs_start_slowest_first_within_the_first_three_pairs(synthetic, tmp_path):
+    # With a run 3x slower than its partner, two workers finish 3 pairs in 2 slow runs' time
+    # only when the slow runs of pairs 0-2 start before the fast ones.
+    slow, fast = BASELINE.replace(c1=16, c3=48), BASELINE
+    jobs = [Job(role, cfg.replace(seed=s), tmp_path, "cpu", "fp32", {}, cached=role == "baseline")
+            for s in range(5) for role, cfg in (("best", slow), ("baseline", fast))]
+    order = [(j.role, j.config.seed) for j in _in_order(jobs, synthetic)]
+    assert order == [("best", 0), ("best", 1), ("best", 2), ("baseline", 0), ("baseline", 1), ("baseline", 2),
+                     ("best", 3), ("baseline", 3), ("best", 4), ("baseline", 4)]
+    (tmp_path / "baseline-seed1.pt").write_bytes(b"")  # a run already there comes first: its line at once
+    order = [(j.role, j.config.seed) for j in _in_order(jobs, synthetic)]
+    assert order[:4] == [("baseline", 1), ("best", 0), ("best", 1), ("best", 2)]
