@@ -1,7 +1,7 @@
 """Wall time and result of whole searches from an empty study, several study files side by side.
 
     python benchmarks/search_wall_time.py [STUDY ...] [--trials 50] [--repeats 2] [--precision fp32]
-                                          [--workers W] [--threads T] [--sampler-seed S] [--keep DIR]
+                                          [--workers W] [--threads T] [--sampler-seed S[,S...]] [--keep DIR]
 
 Runs each study file (default: the default study `studies/mnist.toml` and the epoch-rung
 study it replaced, `benchmarks/studies/mnist-epoch-rungs.toml`) --repeats times, in turns
@@ -11,7 +11,8 @@ as medians: wall time, epochs trained (a sum of fractions: a trial stopped after
 of 50,000 images counts 0.125), complete / pruned / failed trials and the best
 validation accuracy; then each study's median wall time and epochs against the first's.
 --precision runs the studies in another precision than their files' (auto, fp32, bf16).
---sampler-seed draws other trials from the same study files (the files' seed otherwise).
+--sampler-seed draws other trials from the same study files (the files' seed otherwise);
+with several (0,1), repeat k takes the k-th in turn, so each seed runs every study.
 The worker layout `search` measures on a machine's first search is measured before the
 first run, so that no run's wall time includes it.
 """
@@ -49,13 +50,16 @@ def with_precision(spec: StudySpec, precision: str, folder: Path) -> StudySpec:
 
 def one_run(spec: StudySpec, folder: Path, args: argparse.Namespace, k: int) -> dict[str, float]:
     url = f"sqlite:///{folder / f'{spec.name}-{k}.db'}"
+    seed = args.sampler_seed[k % len(args.sampler_seed)] if args.sampler_seed else None
     s = run_search(spec, url, args.trials, workers=args.workers, threads=args.threads, device=args.device,
-                   sampler_seed=args.sampler_seed)
+                   sampler_seed=seed)
     trials = optuna.load_study(study_name=spec.name, storage=url).get_trials(deepcopy=False)
     epochs = sum(float(t.user_attrs.get("epochs_trained", len(t.user_attrs.get("history", [])))) for t in trials)
     row = {"wall_s": s.seconds, "epochs": epochs, "complete": s.n_complete, "pruned": s.n_pruned,
            "failed": s.n_failed, "best": s.best_value or float("nan"), "best_trial": s.best_number}
-    print(f"{spec.name} run {k + 1}: {s.seconds:.0f} s, {epochs:.2f} epochs, {s.n_complete}/{s.n_pruned}/{s.n_failed}"
+    said = "as in the file" if seed is None else seed
+    print(f"{spec.name} run {k + 1} (sampler seed {said}): {s.seconds:.0f} s, {epochs:.2f} epochs,"
+          f" {s.n_complete}/{s.n_pruned}/{s.n_failed}"
           f" complete/pruned/failed, best {row['best']:.4f} (trial {s.best_number}),"
           f" {s.workers} worker(s) x {s.threads_per_worker} thread(s)", flush=True)
     return row
@@ -70,8 +74,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", choices=PRECISIONS, default=None, help="override the studies' precision")
-    ap.add_argument("--sampler-seed", type=int, default=None,
-                    help="seed the studies' samplers with this instead of their files' seed (the search's luck)")
+    ap.add_argument("--sampler-seed", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="seed the studies' samplers with this instead of their files' seed (the search's luck);"
+                         " several, e.g. 0,1: repeat k takes the k-th")
     ap.add_argument("--keep", type=Path, default=None, help="write the studies' databases to this folder and keep them")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,8 @@ from lenet_hpo.search.space import params_for
 from lenet_hpo.search.studyfile import load_spec
 
 RUN = re.compile(
-    r"^(\w+) run (\d): \d+ s, ([\d.]+) epochs, (\d+)/(\d+)/(\d+) complete/pruned/failed,"
+    r"^(\w+) run (\d) \(sampler seed (?P<seed>\d+|as in the file)\): \d+ s,"
+    r" ([\d.]+) epochs, (\d+)/(\d+)/(\d+) complete/pruned/failed,"
     r" best ([\d.]+|nan) \(trial (\d+|None)\)"
 )
 
@@ -40,26 +41,27 @@ def test_side_by_side_reports_each_run_and_the_ratio(tmp_path, monkeypatch, caps
                     pruner={"name": "threshold", "lower": 0.999, "n_warmup_steps": 1})
     keep = tmp_path / "dbs"
     argv = ["search_wall_time.py", str(a), str(b), "--trials", "2", "--repeats", "2", "--workers", "1",
-            "--threads", "1", "--device", "cpu", "--precision", "fp32", "--sampler-seed", "3", "--keep", str(keep)]
+            "--threads", "1", "--device", "cpu", "--precision", "fp32", "--sampler-seed", "3,4", "--keep", str(keep)]
     monkeypatch.setattr(sys, "argv", argv)
     B.main()
     out = capsys.readouterr().out
     runs = [m for line in out.splitlines() if (m := RUN.match(line))]
     assert [(m[1], m[2]) for m in runs] == [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2")]  # in turns
+    assert [m["seed"] for m in runs] == ["3", "3", "4", "4"]  # each seed runs every study
     for m in runs:
         url = f"sqlite:///{keep / f'{m[1]}-{int(m[2]) - 1}.db'}"
         study = optuna.load_study(study_name=m[1], storage=url)
         trials = study.get_trials(deepcopy=False)
-        assert float(m[3]) == pytest.approx(sum(t.user_attrs["epochs_trained"] for t in trials), abs=0.005)
+        assert float(m[4]) == pytest.approx(sum(t.user_attrs["epochs_trained"] for t in trials), abs=0.005)
         states = [t.state for t in trials]
-        assert (int(m[4]), int(m[5]), int(m[6])) == (
+        assert (int(m[5]), int(m[6]), int(m[7])) == (
             states.count(optuna.trial.TrialState.COMPLETE), states.count(optuna.trial.TrialState.PRUNED), 0)
         if m[1] == "a":
-            assert float(m[7]) == pytest.approx(study.best_value, abs=5e-5) and int(m[8]) == study.best_trial.number
+            assert float(m[8]) == pytest.approx(study.best_value, abs=5e-5) and int(m[9]) == study.best_trial.number
         else:
-            assert (m[7], m[8]) == ("nan", "None")
+            assert (m[8], m[9]) == ("nan", "None")
         assert {t.user_attrs["precision"] for t in trials} == {"fp32"}
-    epochs = {m[1]: float(m[3]) for m in runs}
+    epochs = {m[1]: float(m[4]) for m in runs}
     assert epochs == {"a": 4.0, "b": 2.0}  # 2 trials x 2 epochs, and x 1
     assert "| a |" in out and "| b |" in out
     assert re.search(r"^a / b: wall time [\d.]+x, epochs 2\.00x$", out, re.MULTILINE)
