@@ -94,3 +94,32 @@ def test_time_to_verdict_runs_the_users_commands_in_turns(mnist_dir, tmp_path, m
     b = summaries["b"]
     assert b["stopping"]["early_stop"] is False and b["n_seeds"] == 3 and "fixed design" in lines[1]
     assert f"p = {b['difference']['p_value']:.2g}" in lines[1]
+
+
+def test_pruner_replay_stops_what_a_stricter_setting_would_and_counts_its_epochs():
+    from datetime import datetime, timedelta
+
+    from benchmarks import pruner_replay as R
+    from lenet_hpo.search.pruning import NoisePruner
+
+    t0, epoch = datetime(2026, 1, 1), 1000
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def trial(number, curve, state=optuna.trial.TrialState.COMPLETE):
+        steps = {epoch // 2 * (k + 1): v for k, v in enumerate(curve)}
+        return optuna.trial.create_trial(
+            state=state, value=curve[-1] if state == optuna.trial.TrialState.COMPLETE else None, params={"x": 0.5},
+            distributions=dist, intermediate_values=steps, user_attrs={"n": number},
+        ), t0 + timedelta(seconds=10 * number)
+
+    trials = []
+    for number, curve in enumerate([(0.990, 0.992), (0.980, 0.991), (0.989, 0.993)]):
+        t, start = trial(number, curve)
+        t.number, t.datetime_start, t.datetime_complete = number, start, start + timedelta(seconds=5)
+        trials.append(t)
+    # trial 1 is 1 point behind trial 0 at half an epoch: 3.7 standard errors of a 5,000-image check
+    lenient = R.replay(trials, NoisePruner(0.0, images=5000, z=5.0, n_startup_trials=1), epoch)
+    strict = R.replay(trials, NoisePruner(0.0, images=5000, z=1.5, n_startup_trials=1), epoch)
+    assert lenient["epochs"] == 3.0 and [n for n, _ in lenient["kept"]] == [0, 1, 2]
+    assert strict["epochs"] == 2.5 and [n for n, _ in strict["kept"]] == [0, 2] and strict["best"] == (2, 0.993)
+    assert strict["stops"] == ["trial 1 at 0.5 epochs: 0.9800 (it ended at 0.9910)"]

@@ -6,23 +6,23 @@ import optuna
 import pytest
 
 from lenet_hpo.search.pruning import NoisePruner, check_noise
-from lenet_hpo.search.studyfile import parse_spec
+from lenet_hpo.search.studyfile import load_spec, parse_spec
 
 STEP = 100
 
 
-def study_with(pruner, done=(0.993, 0.994, 0.995)):
+def study_with(pruner, done=(0.993, 0.994, 0.995), step=STEP):
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    for v in done:  # completed trials that reported at STEP
+    for v in done:  # completed trials that reported at `step`
         t = study.ask()
-        t.report(v, STEP)
+        t.report(v, step)
         study.tell(t, v)
     return study
 
 
-def verdict(study, value):
+def verdict(study, value, step=STEP):
     t = study.ask()
-    t.report(value, STEP)
+    t.report(value, step)
     return t.should_prune()
 
 
@@ -62,3 +62,13 @@ def test_a_study_file_names_it_and_its_options_are_checked():
     assert isinstance(pruner, NoisePruner) and pruner.images == 500 and pruner.z == 2.0
     with pytest.raises(Exception, match="pruner: .*z"):
         parse_spec({**raw, "pruner": {"name": "noise", "percentile": 25.0, "z": -1}}, name="n")
+
+
+def test_the_default_study_keeps_a_tie_with_the_best_and_stops_a_clearly_worse_trial():
+    spec = load_spec("mnist")
+    pruner = spec.make_pruner(fit_size=50_000, check_images=spec.check_images(10_000))
+    epoch = 50_000  # steps are training images: after the first epoch, on the 5,000-image check
+    study = study_with(pruner, step=epoch)
+    assert pruner.reference(study, epoch) == pytest.approx(0.995)  # the best completed trial, not a percentile
+    assert not verdict(study, 0.9930, step=epoch)  # 0.20 points behind the best: under 1.5 SE (0.24 points)
+    assert verdict(study, 0.9910, step=epoch)  # 0.40 points behind: clearly worse

@@ -9,7 +9,7 @@ A study file:
     split_seed = 0
     train_limit = 0          # 0: all of the training part; N: a stratified subset (smoke runs)
     epochs = 4               # per-trial epoch budget
-    retrain_epochs = 10      # retrain-best's runs (default: the first baseline's, 20 for BASELINE)
+    retrain_epochs = 12      # retrain-best's runs (default: the first baseline's, 20 for BASELINE)
     report_at = [0.125, 0.5] # also validate inside epochs, at these positions (in epochs; then every epoch)
     val_subset = 2000        # validation images those points use (a fixed, stratified part; 0: all)
     val_subset_epochs = false  # true: epoch ends before the last validate on val_subset too
