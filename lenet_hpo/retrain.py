@@ -317,8 +317,9 @@ def run_job(job: Job, data: Dataset, on_epoch: OnEpochDone | None = None) -> Fin
 
 
 # The look after 2 pairs has one degree of freedom: at its level (0.0019 of 5% with 5 pairs) it
-# settles only when the two differences agree to about 1/300 of their mean.  So the first three
-# pairs are scheduled as one group, which keeps both cores busy until the first look that counts.
+# settles only when the two differences lie within 1/170 of their mean of each other.  So the
+# first three pairs are scheduled as one group, which keeps both cores busy until the first look
+# that counts.
 FIRST_GROUP = 3
 
 

@@ -15,6 +15,7 @@ from lenet_hpo.errors import StudyError
 from lenet_hpo.search import WarmStart, run_search
 from lenet_hpo.search.studies import study_record
 from lenet_hpo.search.studyfile import load_spec
+from lenet_hpo.search.worker import fail_orphans
 from lenet_hpo.training import Probe, resolve_precision, train
 
 
@@ -394,3 +395,17 @@ def test_a_warm_start_from_the_study_itself_is_refused_and_leaves_nothing_waitin
     assert "names study 't' itself" in capsys.readouterr().err
     trials = optuna.load_study(study_name="t", storage=url).trials
     assert len(trials) == 2 and not [t for t in trials if t.state == TrialState.WAITING]
+
+
+def test_a_trial_failed_while_being_claimed_is_retried_once_and_a_claimed_failure_is_not():
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"x": 0.5})  # an enqueued trial has its params before any worker names itself
+    study.tell(study.ask(x), state=TrialState.FAIL)  # an interrupt landed before the claim was marked
+    claimed = study.ask(x)
+    claimed.set_user_attr("claimed", claimed.number)
+    study.tell(claimed, state=TrialState.FAIL)  # failed while running under a worker: the heartbeats' business
+    for _ in range(2):
+        fail_orphans(study, max_retry=3)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.params, t.system_attrs["retry_history"]) for t in waiting] == [({"x": 0.5}, [0])]

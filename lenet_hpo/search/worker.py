@@ -88,16 +88,17 @@ def fail_orphans(study: optuna.Study, max_retry: int, worker: str | None = None)
     will never fail it; since nobody else is claiming now, fail it here.  With
     `worker`, also fail the trials that worker claimed (it is being interrupted).  Then
     the worker's failed trials (Optuna fails the one an interrupt lands in) are retried
-    like the heartbeats' (`retry_failed`)."""
+    like the heartbeats' (`retry_failed`), and so is any failed trial without the mark: an
+    interrupt that landed while it was being claimed, after its params were drawn (an
+    enqueued trial has them from the start), failed it before it had a worker's name."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("claimed") != t.number or (worker is not None and t.user_attrs.get("worker") == worker):
             log.warning("trial %d was left RUNNING by an interrupted or dead worker: failing it", t.number)
             study.tell(t.number, state=TrialState.FAIL)
             retry_failed(study, max_retry, t.number)
-    if worker is not None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if t.user_attrs.get("worker") == worker:
-                retry_failed(study, max_retry, t.number)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if "claimed" not in t.user_attrs or (worker is not None and t.user_attrs.get("worker") == worker):
+            retry_failed(study, max_retry, t.number)
 
 
 def retry_failed(study: optuna.Study, max_retry: int, number: int) -> None:
