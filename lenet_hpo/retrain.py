@@ -328,6 +328,7 @@ def _in_order(jobs: list[Job], data: Dataset) -> list[Job]:
     within a group, runs already done (reused or cached: their lines come at once) first, then
     the longest first (MACs per image as the measure), so the slow runs never start last."""
     macs: dict[str, int] = {}
+    cache = RunCache()
 
     def cost(job: Job) -> int:
         if job.role not in macs:
@@ -339,8 +340,8 @@ def _in_order(jobs: list[Job], data: Dataset) -> list[Job]:
         if job.path.exists():
             return True
         dev = torch.device(job.device)
-        return job.cached and RunCache().has(
-            RunCache().key(job.config, data, resolve_precision(job.precision, job.config, dev), dev))
+        precision = resolve_precision(job.precision, job.config, dev)
+        return job.cached and cache.has(cache.key(job.config, data, precision, dev))
 
     return sorted(jobs, key=lambda j: (max(j.config.seed, FIRST_GROUP - 1), not done(j), -cost(j), j.config.seed))
 

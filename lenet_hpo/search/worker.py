@@ -95,7 +95,6 @@ def fail_orphans(study: optuna.Study, max_retry: int, worker: str | None = None)
         if t.user_attrs.get("claimed") != t.number or (worker is not None and t.user_attrs.get("worker") == worker):
             log.warning("trial %d was left RUNNING by an interrupted or dead worker: failing it", t.number)
             study.tell(t.number, state=TrialState.FAIL)
-            retry_failed(study, max_retry, t.number)
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if "claimed" not in t.user_attrs or (worker is not None and t.user_attrs.get("worker") == worker):
             retry_failed(study, max_retry, t.number)
