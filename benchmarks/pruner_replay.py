@@ -4,8 +4,9 @@
 
 Takes the trials of a finished study (an SQLite file kept by `time_to_verdict.py --keep` or
 `search_wall_time.py --keep`) in the order they started and asks a `NoisePruner` with each
-setting (default: the study file's 25:1, 10:1, 0:1, 0:1.5, 0:2 and the plain percentile pruner
-25:0) about every report they made, against the trials that had completed, in that replay,
+setting (default: 25:1, the default study's before a2323a9; 10:1, 0:1, 0:1.5, today's; 0:2 and
+the plain percentile pruner 25:0), warm-up and start-up as in the default study, about every
+report they made, against the trials that had completed, in that replay,
 before the trial started.  A trial the real search pruned stays pruned where it was (what it
 would have done after that is unknown); a trial the replay stops is counted up to that report.
 Prints per setting the epochs trained, the trials that complete and the best of them, and
@@ -19,7 +20,6 @@ what TPE drew next, which no replay can show; measure a setting chosen here end 
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -30,13 +30,13 @@ from lenet_hpo.search.pruning import NoisePruner
 DEFAULT_SETTINGS = ["25:1", "10:1", "0:1", "0:1.5", "0:2", "25:0"]
 
 
-def replay(trials: list[FrozenTrial], pruner_for: NoisePruner, epoch: int) -> dict[str, object]:
-    """Epochs trained, the completed trials (number, value) and the stops under `pruner_for`."""
-    done: list[tuple[datetime, FrozenTrial]] = []
+def replay(trials: list[FrozenTrial], pruner: NoisePruner, epoch: int) -> dict[str, object]:
+    """Epochs trained, the completed trials (number, value) and the stops under `pruner`."""
+    done: list[FrozenTrial] = []
     epochs, stops = 0.0, []
     for t in sorted(trials, key=lambda t: t.datetime_start):
-        study = optuna.create_study(direction="maximize", pruner=pruner_for)
-        for _, d in done:
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for d in done:
             if d.datetime_complete <= t.datetime_start:
                 study.add_trial(d)
         probe = study.ask()
@@ -51,14 +51,14 @@ def replay(trials: list[FrozenTrial], pruner_for: NoisePruner, epoch: int) -> di
             stop = steps[-1] if steps else 0
         if stop is None:
             epochs += max(steps) / epoch if steps else 0
-            done.append((t.datetime_complete, t))
+            done.append(t)
         else:
             epochs += stop / epoch
             if t.state == TrialState.COMPLETE or stop < steps[-1]:
                 ended = t.value if t.value is not None else t.intermediate_values[steps[-1]]
                 stops.append(f"trial {t.number} at {stop / epoch:.3g} epochs: {t.intermediate_values[stop]:.4f}"
                              f" (it ended at {ended:.4f})")
-    kept = [(d.number, d.value) for _, d in done]
+    kept = [(d.number, d.value) for d in done]
     return {"epochs": epochs, "kept": kept, "best": max(kept, key=lambda x: x[1]), "stops": stops}
 
 
